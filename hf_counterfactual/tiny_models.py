@@ -1,4 +1,7 @@
-"""Tiny CLIP models built from configs: the offline default of the examples and the fixture of the tests.
+"""Tiny models built from configs: the offline default of the examples and the fixture of the tests.
+
+CLIP (training, scoring, the image-text filter), a Stable Diffusion inpainting pipeline (diffusers'
+``get_dummy_components`` recipe) and a GPT-2 causal LM (text editors), all randomly initialised.
 
 Nothing here downloads anything. The tokenizer is a word-level ``tokenizers`` model over a closed
 vocabulary (the procedural scenes' words), wrapped so that it saves and loads with the ordinary
@@ -82,3 +85,86 @@ def build_tiny_clip(words: Iterable[str], image_size: int = 32, seed: int = 0, *
         torch.manual_seed(seed)
         model = CLIPModel(tiny_clip_config(tokenizer, image_size=image_size, **config_kwargs))
     return model, processor
+
+
+def build_tiny_causal_lm(words: Iterable[str], seed: int = 0, model_max_length: int = 512):
+    """A randomly initialised 2-layer ``GPT2LMHeadModel`` and a word-level tokenizer over ``words``.
+
+    It generates garbage, which is the point: the LLM stages must reject it, count it, and cache it.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = build_word_level_tokenizer(words, model_max_length=model_max_length)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=model_max_length,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config).eval()
+    return model, tokenizer
+
+
+def build_tiny_inpainting_pipeline(words: Iterable[str], seed: int = 0):
+    """A tiny ``StableDiffusionInpaintPipeline`` (32x32 latents, so 64x64 images) from configs.
+
+    The recipe of diffusers' own inpainting tests, with a local word-level tokenizer; progress bars off.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_word_level_tokenizer(words, model_max_length=77)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            in_channels=9,  # latents + masked-image latents + mask
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64],
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            latent_channels=4,
+            sample_size=128,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_size=32,
+                intermediate_size=37,
+                layer_norm_eps=1e-05,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=len(tokenizer),
+                max_position_embeddings=77,
+            )
+        )
+    pipe = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

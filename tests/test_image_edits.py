@@ -178,63 +178,9 @@ def test_count_edit_masks():
 
 @pytest.fixture(scope="module")
 def tiny_inpaint_pipeline():
-    """diffusers' get_dummy_components recipe for StableDiffusionInpaintPipeline, with a local tokenizer."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from hf_counterfactual.tiny_models import build_tiny_inpainting_pipeline
 
-    from hf_counterfactual.tiny_models import build_word_level_tokenizer
-
-    tokenizer = build_word_level_tokenizer("a red blue car dog cat person on the street".split(), model_max_length=77)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=128,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-        )
-    )
-    pipe = StableDiffusionInpaintPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return build_tiny_inpainting_pipeline("a red blue car dog cat person on the street".split())
 
 
 def test_inpainting_editor_deterministic_and_sized(tiny_inpaint_pipeline, photo):

@@ -207,17 +207,10 @@ def test_prompt_shape():
 
 def test_llm_end_to_end_tiny_random_model(tmp_path):
     torch = pytest.importorskip("torch")
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from hf_counterfactual.tiny_models import build_word_level_tokenizer
+    from hf_counterfactual.tiny_models import build_tiny_causal_lm
 
     words = "a the dog cat man horse on in of caption old new phrase : . , with white black riding".split()
-    tokenizer = build_word_level_tokenizer(words, model_max_length=512)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config).eval()
+    model, tokenizer = build_tiny_causal_lm(words)
     editor = LLMConceptEditor(model, tokenizer, cache_dir=str(tmp_path), max_new_tokens=8, batch_size=2)
     captions = ["a dog on the grass", "a man riding a horse", "a cat"]
     out = editor.edit_batch(captions)
