@@ -199,3 +199,94 @@ def test_load_dataset_after_finalize(tmp_path):
     # Shard names sort in input order, and datasets reads them sorted: the split keeps input order.
     expected = [worker.make_record(i, i)["caption"] for i in worker.ITEMS if i not in worker.BAD]
     assert list(ds["train"]["caption"]) == expected
+
+
+# ------------------------------------------------------------------------------------ batched runs
+
+
+def batched_make_records(fail_batches_with: int | None = None, counts: bool = False):
+    """``worker.make_record`` as a batch function; a batch holding ``fail_batches_with`` raises as a
+    whole (as a model stage would on one poisonous input)."""
+
+    def make_records(indices, batch):
+        if fail_batches_with is not None and fail_batches_with in indices and len(indices) > 1:
+            raise RuntimeError("the whole batch failed")
+        results = []
+        for index, item in zip(indices, batch):
+            try:
+                record = worker.make_record(index, item)
+                if counts:
+                    # one "tried" per item, "kept" per record: what a filter stage reports
+                    record = worker_generated(record, {"filter/tried": 1, "filter/kept": int(record is not None)})
+            except SkipRecord as err:
+                record = SkipRecord(err.reason, counts={"filter/tried": 1} if counts else None)
+            except Exception as err:
+                record = err
+            results.append(record)
+        return results
+
+    return make_records
+
+
+def worker_generated(record, counts):
+    from hf_counterfactual.generation.writer import GeneratedRecord
+
+    return GeneratedRecord(record, counts)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7])
+def test_run_batched_writes_what_run_writes(reference, tmp_path, batch_size):
+    ref_out, ref_stats = reference
+    writer = ShardedRecordWriter(tmp_path, records_per_shard=worker.RECORDS_PER_SHARD)
+    stats = writer.run_batched(worker.ITEMS, batched_make_records(), batch_size=batch_size, progress=False)
+    assert stats.to_dict() == ref_stats.to_dict()
+    assert shard_files(tmp_path) == shard_files(ref_out)  # shards close mid-batch at records_per_shard
+    assert rows(tmp_path) == rows(ref_out)
+
+
+def test_failed_batch_is_retried_item_by_item(reference, tmp_path, caplog):
+    ref_out, ref_stats = reference
+    writer = ShardedRecordWriter(tmp_path, records_per_shard=worker.RECORDS_PER_SHARD)
+    with caplog.at_level(logging.WARNING):
+        stats = writer.run_batched(worker.ITEMS, batched_make_records(fail_batches_with=13), batch_size=5, progress=False)
+    assert "retrying item by item" in caplog.text
+    assert stats.to_dict() == ref_stats.to_dict() and rows(tmp_path) == rows(ref_out)
+
+    def wrong_length(indices, batch):
+        return [None]
+
+    out = tmp_path / "wrong"
+    stats = ShardedRecordWriter(out, records_per_shard=4).run_batched(list(range(3)), wrong_length, batch_size=3, progress=False)
+    # retried one by one, where one result per item is right: each None is a counted skip
+    assert stats.skip_reasons == {"make_record returned None": 3}
+
+
+def test_per_item_counts_survive_kill_and_resume(tmp_path):
+    make_records = batched_make_records(counts=True)
+    writer = ShardedRecordWriter(tmp_path / "ref", records_per_shard=worker.RECORDS_PER_SHARD)
+    ref = writer.run_batched(worker.ITEMS, make_records, batch_size=4, progress=False)
+    kinds = list(worker.BAD.values())
+    # every item reports "tried" except the one raising ValueError (a plain exception carries no counts);
+    # "kept" counts make_record's non-None results, including the two that fail validation later
+    assert ref.counts == {"filter/tried": worker.NUM_ITEMS - kinds.count("value_error"),
+                          "filter/kept": worker.NUM_ITEMS - kinds.count("none") - kinds.count("skip") - kinds.count("value_error")}
+
+    # Interrupt after some shards (simulated: an exception escaping the loop), then resume.
+    class Boom(BaseException):
+        pass
+
+    def exploding(indices, batch):
+        if 30 in indices:
+            raise Boom()
+        return make_records(indices, batch)
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Boom):
+        ShardedRecordWriter(out, records_per_shard=worker.RECORDS_PER_SHARD).run_batched(worker.ITEMS, exploding, batch_size=4, progress=False)
+    resumed = ShardedRecordWriter(out, records_per_shard=worker.RECORDS_PER_SHARD).run_batched(
+        worker.ITEMS, make_records, batch_size=4, progress=False
+    )
+    assert resumed.num_resumed > 0
+    assert resumed.counts == ref.counts  # items of the uncommitted tail are counted once, not twice
+    assert rows(out) == rows(tmp_path / "ref")
+    assert finalize(out, ["train"])["train"]["counts"] == dict(ref.counts)

@@ -6,6 +6,8 @@ stopped, without duplicating or losing records::
 
     writer = ShardedRecordWriter("out/cf-coco", split="train", rank=rank, world_size=world_size)
     stats = writer.run(pairs, make_record)      # make_record(index, item) -> dict | None
+    # or, for model stages that want batches:
+    stats = writer.run_batched(pairs, make_records, batch_size=16)   # make_records(indices, items) -> list
     # ... barrier, then on one process:
     finalize("out/cf-coco", ["train"])          # README.md (configs:) + generation_stats.json
     datasets.load_dataset("out/cf-coco")        # no script, images decode to PIL
@@ -42,6 +44,10 @@ deterministic (seed it from the index).
 Bad input never kills the run and is never written: ``None``, :class:`SkipRecord`, any other
 exception, or a record failing :func:`~hf_counterfactual.features.validate_record` /
 ``features.encode_example`` / Arrow conversion is a skip, counted by reason and logged.
+
+Per-item counters (e.g. how many image edits a filter passed) travel with the item: return a
+:class:`GeneratedRecord` (or raise ``SkipRecord(reason, counts=...)``) and the counts are stored in
+the entry of the shard that covers the item, so a resumed run counts every item exactly once.
 """
 
 from __future__ import annotations
@@ -71,11 +77,23 @@ _PROGRESS_VERSION = 1
 
 
 class SkipRecord(Exception):
-    """Raised by ``make_record`` to skip an input item; ``reason`` is counted and logged."""
+    """Raised by ``make_record`` to skip an input item; ``reason`` is counted and logged.
 
-    def __init__(self, reason: str):
+    ``counts`` are per-item counters kept even though the item is skipped (e.g. the image edits
+    that were tried and failed a filter)."""
+
+    def __init__(self, reason: str, counts: Mapping[str, int] | None = None):
         super().__init__(reason)
         self.reason = str(reason)
+        self.counts = dict(counts or {})
+
+
+@dataclass
+class GeneratedRecord:
+    """A record (or None: skipped) with per-item counters that the writer adds to its stats."""
+
+    record: Mapping[str, Any] | None
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +107,7 @@ class WriterStats:
         num_skipped: items skipped; ``skip_reasons`` counts them by reason.
         num_shards: shard files written (a range made only of skips has no file).
         edits / sources: counterfactuals written, by edit kind / by source.
+        counts: per-item counters reported by ``make_record`` (see :class:`GeneratedRecord`).
     """
 
     num_items: int = 0
@@ -99,6 +118,7 @@ class WriterStats:
     skip_reasons: Counter = field(default_factory=Counter)
     edits: Counter = field(default_factory=Counter)
     sources: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,7 +129,15 @@ class WriterStats:
             "skip_reasons": dict(sorted(self.skip_reasons.items())),
             "edits": dict(sorted(self.edits.items())),
             "sources": dict(sorted(self.sources.items())),
+            "counts": dict(sorted(self.counts.items())),
         }
+
+    def update(self, other: "WriterStats") -> None:
+        """Adds ``other``'s totals (merging the processes of one split)."""
+        for name in ("num_items", "num_resumed", "num_records", "num_skipped", "num_shards"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("skip_reasons", "edits", "sources", "counts"):
+            getattr(self, name).update(getattr(other, name))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -315,15 +343,47 @@ class ShardedRecordWriter:
     def run(
         self,
         items: Sequence[Any],
-        make_record: Callable[[int, Any], Mapping[str, Any] | None],
+        make_record: Callable[[int, Any], Mapping[str, Any] | GeneratedRecord | None],
         progress: bool = True,
     ) -> WriterStats:
         """Makes and writes the records of this process's block of ``items``, resuming if possible.
 
-        ``make_record(index, item)`` returns a record (a dict following ``features``), or None /
-        raises :class:`SkipRecord` to skip the item; any other exception is a skip too, counted as
-        ``"{ExceptionType}: {message}"``. Returns the totals of this process (see :class:`WriterStats`).
+        ``make_record(index, item)`` returns a record (a dict following ``features``), a
+        :class:`GeneratedRecord`, or None / raises :class:`SkipRecord` to skip the item; any other
+        exception is a skip too, counted as ``"{ExceptionType}: {message}"``. Returns the totals of
+        this process (see :class:`WriterStats`).
         """
+
+        def make_records(indices: Sequence[int], batch: Sequence[Any]) -> list[Any]:
+            results = []
+            for index, item in zip(indices, batch):
+                try:
+                    results.append(make_record(index, item))
+                except Exception as err:  # one bad item never kills the run
+                    results.append(err)
+            return results
+
+        return self.run_batched(items, make_records, batch_size=1, progress=progress)
+
+    def run_batched(
+        self,
+        items: Sequence[Any],
+        make_records: Callable[[Sequence[int], Sequence[Any]], Sequence[Any]],
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> WriterStats:
+        """:meth:`run` for batched model stages: ``make_records(indices, items)`` gets up to
+        ``batch_size`` consecutive items and returns one result per item, each a record, a
+        :class:`GeneratedRecord`, None or an exception instance (:class:`SkipRecord` or any other:
+        a skip). If ``make_records`` itself raises, the batch is retried one item at a time, so one
+        bad item cannot take its neighbours down with it.
+
+        Shards still close after exactly ``records_per_shard`` records (mid-batch if need be), so
+        the output does not depend on ``batch_size`` when ``make_records`` is deterministic per
+        item (seed from the index, not from the position in the batch).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         num_items = len(items)
         self._recover(num_items)
         start, end = self._progress["start"], self._progress["end"]
@@ -333,13 +393,27 @@ class ShardedRecordWriter:
 
         def new_entry(first: int) -> dict[str, Any]:
             return {"file": None, "start": first, "end": first, "num_records": 0,
-                    "skip_reasons": Counter(), "edits": Counter(), "sources": Counter()}
+                    "skip_reasons": Counter(), "edits": Counter(), "sources": Counter(), "counts": Counter()}
 
         def finish(entry: dict[str, Any], stop: int) -> dict[str, Any]:
             entry["end"] = stop
-            for key in ("skip_reasons", "edits", "sources"):
+            for key in ("skip_reasons", "edits", "sources", "counts"):
                 entry[key] = dict(sorted(entry[key].items()))
             return entry
+
+        def call(indices: list[int]) -> list[Any]:
+            batch = [items[i] for i in indices]
+            try:
+                results = list(make_records(indices, batch))
+                if len(results) != len(indices):
+                    raise RuntimeError(f"make_records returned {len(results)} results for {len(indices)} items")
+                return results
+            except Exception as err:
+                if len(indices) == 1:
+                    return [err]
+                logger.warning("rank %d: batch %d..%d failed (%s: %s); retrying item by item",
+                               self.rank, indices[0], indices[-1], type(err).__name__, err)
+                return [call([i])[0] for i in indices]
 
         bar = None
         if progress:
@@ -350,32 +424,38 @@ class ShardedRecordWriter:
         batches: list[pa.RecordBatch] = []
         entry = new_entry(resume_at)
         try:
-            for index in range(resume_at, end):
-                reason = None
-                try:
-                    record = make_record(index, items[index])
-                    if record is None:
+            for first in range(resume_at, end, batch_size):
+                indices = list(range(first, min(first + batch_size, end)))
+                for index, result in zip(indices, call(indices)):
+                    reason, record = None, result
+                    if isinstance(result, GeneratedRecord):
+                        record = result.record
+                        entry["counts"].update(result.counts)
+                    elif isinstance(result, SkipRecord):
+                        entry["counts"].update(result.counts)
+                    if isinstance(result, BaseException):
+                        reason = result.reason if isinstance(result, SkipRecord) else f"{type(result).__name__}: {result}"
+                    elif record is None:
                         reason = "make_record returned None"
                     else:
-                        batch = self._encode(index, record)
-                except SkipRecord as err:
-                    reason = err.reason
-                except Exception as err:  # one bad item never kills the run
-                    reason = f"{type(err).__name__}: {err}"
-                if reason is not None:
-                    entry["skip_reasons"][reason] += 1
-                    logger.info("rank %d: skipping %s item %d: %s", self.rank, self.split, index, reason)
-                else:
-                    batches.append(batch)
-                    entry["num_records"] += 1
-                    for cf in record.get("counterfactuals") or []:
-                        entry["edits"][cf["edit"]] += 1
-                        entry["sources"][cf["source"]] += 1
-                if bar is not None:
-                    bar.update(1)
-                if len(batches) >= self.records_per_shard:
-                    self._commit(batches, finish(entry, index + 1))
-                    batches, entry = [], new_entry(index + 1)
+                        try:
+                            batch = self._encode(index, record)
+                        except Exception as err:
+                            reason = f"{type(err).__name__}: {err}"
+                    if reason is not None:
+                        entry["skip_reasons"][reason] += 1
+                        logger.info("rank %d: skipping %s item %d: %s", self.rank, self.split, index, reason)
+                    else:
+                        batches.append(batch)
+                        entry["num_records"] += 1
+                        for cf in record.get("counterfactuals") or []:
+                            entry["edits"][cf["edit"]] += 1
+                            entry["sources"][cf["source"]] += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if len(batches) >= self.records_per_shard:
+                        self._commit(batches, finish(entry, index + 1))
+                        batches, entry = [], new_entry(index + 1)
             if self._next_start() < end:  # the tail: a last, smaller shard (or skips only)
                 self._commit(batches, finish(entry, end))
         finally:
@@ -398,6 +478,7 @@ def progress_stats(progress: Mapping[str, Any]) -> WriterStats:
         stats.skip_reasons.update(entry["skip_reasons"])
         stats.edits.update(entry["edits"])
         stats.sources.update(entry["sources"])
+        stats.counts.update(entry.get("counts", {}))
     stats.num_skipped = sum(stats.skip_reasons.values())
     return stats
 
@@ -425,7 +506,8 @@ def finalize(
     Writes ``README.md`` (``dataset_card``'s text, or ``dataset_card(stats)`` when it is a function of
     the merged stats; its YAML front matter kept, with a ``configs:``
     block mapping each split to ``data/{split}-r*.parquet``) and ``generation_stats.json`` (per
-    split: records, skips by reason, counterfactuals by edit kind and source, merged over ranks).
+    split: records, skips by reason, counterfactuals by edit kind and source, per-item counters,
+    merged over ranks).
 
     Raises:
         RuntimeError: a split has a missing or unfinished process (unless ``require_complete=False``)
@@ -452,14 +534,7 @@ def finalize(
             )
         total = WriterStats()
         for p in progresses:
-            s = progress_stats(p)
-            total.num_items += s.num_items
-            total.num_records += s.num_records
-            total.num_skipped += s.num_skipped
-            total.num_shards += s.num_shards
-            total.skip_reasons.update(s.skip_reasons)
-            total.edits.update(s.edits)
-            total.sources.update(s.sources)
+            total.update(progress_stats(p))
         if total.num_shards == 0:
             raise RuntimeError(f"split {split!r} has no records: datasets cannot load an empty split")
         all_stats[split] = {"world_size": world_size, **total.to_dict()}
