@@ -1,18 +1,28 @@
 #!/usr/bin/env python
-"""Counterfactual records from a COCO-format image-caption dataset (text edits + mirrored images).
+"""Counterfactual records from a COCO-format dataset: text edits, flips, inpainted objects and counts.
 
-Reads ``{coco_root}/annotations/captions_{split}2017.json`` and the images in ``{coco_root}/{split}2017/``;
-for each image, the first caption is the factual caption and the others its paraphrases. Counterfactuals:
-rule-based text edits on a spaCy parse (attribute, object, relation, count, order: text-only negatives)
-and CounterCurate flips (position: the mirrored image with left/right swapped in the caption). Each
-process takes a block of the images and writes Parquet shards; a rerun after a kill resumes::
+Reads ``{coco_root}/annotations/captions_{split}2017.json`` (and ``instances_{split}2017.json`` when
+present) and the images in ``{coco_root}/{split}2017/``. For each image the first caption is the
+factual caption and the others its paraphrases. Counterfactuals, in the stages of
+:class:`hf_counterfactual.generation.CounterfactualGenerator`:
+
+- text edits: rules on a spaCy parse (``--edits``), optionally an LLM concept editor (``--llm_model``);
+- flips: the mirrored image with left/right swapped (CounterCurate), for ``position``;
+- image edits (``--inpainting_model``): object / attribute edits repaint the object's COCO instance
+  mask, count edits remove one instance or add one in an empty box; without instance annotations
+  a grounding detector + segmenter finds the objects (``--detector_model``, ``--segmenter_model``);
+- filters: the pixel change inside/outside the mask and the CLIP score of the edited pair
+  (``--clip_filter_model``); the scores stay on the record.
+
+Each process takes a block of the images and writes Parquet shards; a rerun after a kill resumes::
 
     accelerate launch examples/generate_cf_coco.py --coco_root coco --split train \\
-        --edits attribute,object,position,count --output_dir cf-coco [--push_to_hub org/cf-coco]
+        --edits attribute,object,position,count --output_dir cf-coco \\
+        --inpainting_model stabilityai/stable-diffusion-2-inpainting --clip_filter_model openai/clip-vit-base-patch32 \\
+        [--push_to_hub org/cf-coco]
 
 The output loads with ``load_dataset("cf-coco")`` (or the Hub id) and feeds ``run_cf_clip.py``.
-Diffusion inpainting of objects (``hf_counterfactual.generation.InpaintingEditor``) is not wired
-into this script yet.
+``tiny`` as a model name builds a random tiny model from a config (offline smoke runs and tests).
 """
 
 from __future__ import annotations
@@ -24,14 +34,26 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from PIL import Image
 from transformers import HfArgumentParser
 
-from hf_counterfactual.generation import RuleBasedEditor, ShardedRecordWriter, SkipRecord, finalize, flip_counterfactual
+from hf_counterfactual.generation import (
+    CounterfactualGenerator,
+    FactualItem,
+    ImageTextMatchFilter,
+    InpaintingEditor,
+    Instance,
+    PixelChangeFilter,
+    RuleBasedEditor,
+    ShardedRecordWriter,
+    coco_instance_mask,
+    finalize,
+)
 
 logger = logging.getLogger(__name__)
 
 TEXT_EDITS = ("attribute", "object", "relation", "position", "count", "order")
+IMAGE_EDITS = ("object", "attribute", "count")
+TINY = "tiny"
 
 
 @dataclass
@@ -45,12 +67,44 @@ class GenerationArguments:
     max_counterfactuals: int = field(default=8, metadata={"help": "Keep at most this many per record."})
     max_images: int | None = field(default=None, metadata={"help": "Only the first N images (by image id)."})
     records_per_shard: int = field(default=500, metadata={"help": "Records per Parquet shard."})
-    seed: int = field(default=0, metadata={"help": "Seed of the text edits."})
+    batch_size: int = field(default=16, metadata={"help": "Images per batch through the model stages."})
+    seed: int = field(default=0, metadata={"help": "Seed of the text edits, instance choices and inpainting."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Dataset repo id to upload the output to."})
+    # image edits
+    inpainting_model: str | None = field(default=None, metadata={"help": "A diffusers inpainting checkpoint (or 'tiny'); None: no inpainting."})
+    image_edits: str = field(default="object,attribute,count", metadata={"help": f"Text edit kinds realised as images, from {IMAGE_EDITS}."})
+    max_image_edits: int = field(default=2, metadata={"help": "Inpainted counterfactuals per image at most."})
+    num_inference_steps: int = field(default=30, metadata={"help": "Diffusion steps per inpainting."})
+    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
+    inpainting_batch_size: int = field(default=8, metadata={"help": "Images per inpainting pipeline call."})
+    torch_dtype: str = field(default="auto", metadata={"help": "float16 | bfloat16 | float32 | auto (float16 on GPU)."})
+    detector_model: str | None = field(default=None, metadata={"help": "Zero-shot detector for images without instance annotations (or 'tiny')."})
+    segmenter_model: str | None = field(default=None, metadata={"help": "SAM checkpoint turning detected boxes into masks (or 'tiny'); None: box masks."})
+    box_threshold: float = field(default=0.3, metadata={"help": "Detector score threshold."})
+    # filters
+    min_pixel_change: float = field(default=0.05, metadata={"help": "Mean change inside the mask at least (0..1)."})
+    max_outside_change: float = field(default=0.02, metadata={"help": "Mean change outside the mask at most (0..1)."})
+    clip_filter_model: str | None = field(default=None, metadata={"help": "CLIP checkpoint scoring edited pairs (or 'tiny'); None: no CLIP filter."})
+    clip_threshold: float = field(default=0.2, metadata={"help": "Cosine of the edited image with the edited caption at least."})
+    clip_margin: float | None = field(default=None, metadata={"help": "... and above its cosine with the original caption by this much."})
+    # LLM stages
+    llm_model: str | None = field(default=None, metadata={"help": "Causal LM proposing concept swaps (Sahin et al.); None: rules only."})
+    paraphrase_model: str | None = field(default=None, metadata={"help": "Causal LM writing paraphrases for images with too few captions."})
+    min_paraphrases: int = field(default=1, metadata={"help": "Paraphrase images with fewer other true captions than this."})
+    cache_dir: str | None = field(default=None, metadata={"help": "LLM cache folder (default: {output_dir}/.cache)."})
 
 
-def load_coco_captions(coco_root: str, split: str, max_images: int | None = None) -> list[dict]:
-    """``[{"file": path, "captions": [...]}, ...]`` ordered by image id (a stable, shardable order)."""
+def _split(value: str, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"--{name}: unknown kind(s) {unknown}; choose from {allowed}")
+    return values
+
+
+def load_coco(coco_root: str, split: str, max_images: int | None = None) -> list[FactualItem]:
+    """COCO captions (and instances, when the file exists) as :class:`FactualItem` s ordered by image
+    id, a stable, shardable order. Instance masks are decoded only when an edit needs them."""
     annotations = os.path.join(coco_root, "annotations", f"captions_{split}2017.json")
     with open(annotations, encoding="utf-8") as f:
         data = json.load(f)
@@ -58,19 +112,175 @@ def load_coco_captions(coco_root: str, split: str, max_images: int | None = None
     for annotation in data["annotations"]:
         captions[annotation["image_id"]].append(annotation["caption"].strip())
     files = {image["id"]: image["file_name"] for image in data["images"]}
-    items = [
-        {"file": os.path.join(coco_root, f"{split}2017", files[image_id]), "captions": captions[image_id]}
-        for image_id in sorted(captions)
-        if image_id in files
+    image_ids = [i for i in sorted(captions) if i in files][:max_images]
+
+    instances_file = os.path.join(coco_root, "annotations", f"instances_{split}2017.json")
+    instances: dict[int, list[Instance]] | None = None
+    if os.path.exists(instances_file):
+        from pycocotools.coco import COCO
+
+        coco = COCO(instances_file)
+        names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+        instances = {}
+        for image_id in image_ids:
+            instances[image_id] = [
+                Instance(
+                    names[a["category_id"]],
+                    (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]),
+                    mask=lambda a=a: coco_instance_mask(coco, a),
+                )
+                for a in coco.imgToAnns.get(image_id, [])
+                if not a.get("iscrowd")
+            ]
+    return [
+        FactualItem(
+            image=os.path.join(coco_root, f"{split}2017", files[image_id]),
+            captions=captions[image_id],
+            instances=None if instances is None else instances[image_id],
+            id=image_id,
+        )
+        for image_id in image_ids
     ]
-    return items[:max_images] if max_images is not None else items
 
 
-def dataset_card(args: GenerationArguments, edits: tuple[str, ...]):
-    """The README body, given the writer's merged stats (edit counts, skip reasons)."""
+def _dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if getattr(device, "type", "cpu") == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def build_generator(args: GenerationArguments, device) -> CounterfactualGenerator:
+    """The stages the arguments ask for, models loaded with the ordinary ``from_pretrained``."""
+    edits = _split(args.edits, TEXT_EDITS, "edits")
+    image_edits = _split(args.image_edits, IMAGE_EDITS, "image_edits")
+    cache_dir = args.cache_dir or os.path.join(args.output_dir, ".cache")
+    dtype = _dtype(args.torch_dtype, device)
+    editors = [RuleBasedEditor(pipeline=args.spacy_pipeline, kinds=edits, seed=args.seed)]
+    if args.llm_model:
+        from hf_counterfactual.generation import LLMConceptEditor
+
+        model, tokenizer = _causal_lm(args.llm_model, device, dtype)
+        editors.append(LLMConceptEditor(model, tokenizer, cache_dir=cache_dir, batch_size=args.batch_size))
+    paraphraser = None
+    if args.paraphrase_model:
+        from hf_counterfactual.generation import LLMParaphraser
+
+        model, tokenizer = _causal_lm(args.paraphrase_model, device, dtype)
+        paraphraser = LLMParaphraser(model, tokenizer, cache_dir=cache_dir, batch_size=args.batch_size)
+
+    inpainter = grounder = match_filter = None
+    if args.inpainting_model:
+        if args.inpainting_model == TINY:
+            from hf_counterfactual.tiny_models import build_tiny_inpainting_pipeline
+
+            pipe = build_tiny_inpainting_pipeline("a an the of background".split() + list(edits), seed=args.seed)
+        else:
+            from diffusers import AutoPipelineForInpainting
+
+            pipe = AutoPipelineForInpainting.from_pretrained(args.inpainting_model, torch_dtype=dtype)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        inpainter = InpaintingEditor(
+            pipe,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            batch_size=args.inpainting_batch_size,
+            seed=args.seed,
+            keep_unmasked=True,  # the VAE round trip would otherwise fail max_outside_change
+        )
+        if args.detector_model:
+            from hf_counterfactual.generation import GroundedSegmenter
+
+            if args.detector_model == TINY:
+                from hf_counterfactual.tiny_models import build_tiny_grounding
+
+                detector, detector_processor, segmenter, segmenter_processor = build_tiny_grounding(
+                    "a the dog cat cup person".split(), seed=args.seed, with_segmenter=args.segmenter_model is not None
+                )
+                grounder = GroundedSegmenter(detector, detector_processor, segmenter, segmenter_processor, box_threshold=args.box_threshold)
+            else:
+                grounder = GroundedSegmenter.from_pretrained(args.detector_model, args.segmenter_model, device=device, box_threshold=args.box_threshold)
+    if args.clip_filter_model:
+        from hf_counterfactual.scoring import CLIPScorer
+
+        if args.clip_filter_model == TINY:
+            from hf_counterfactual.scenes import SCENE_VOCABULARY
+            from hf_counterfactual.tiny_models import build_tiny_clip
+
+            clip, processor = build_tiny_clip(SCENE_VOCABULARY, seed=args.seed)
+        else:
+            from transformers import AutoModel, AutoProcessor
+
+            clip = AutoModel.from_pretrained(args.clip_filter_model, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(args.clip_filter_model)
+        scorer = CLIPScorer(clip.to(device).eval(), processor, batch_size=args.inpainting_batch_size, show_progress=False)
+        match_filter = ImageTextMatchFilter(scorer, threshold=args.clip_threshold, margin=args.clip_margin)
+
+    return CounterfactualGenerator(
+        text_editors=editors,
+        flip="position" in edits,
+        inpainter=inpainter,
+        image_edit_kinds=image_edits,
+        max_image_edits=args.max_image_edits,
+        grounder=grounder,
+        paraphraser=paraphraser,
+        min_paraphrases=args.min_paraphrases,
+        pixel_filter=PixelChangeFilter(min_inside=args.min_pixel_change, max_outside=args.max_outside_change) if inpainter else None,
+        match_filter=match_filter,
+        min_counterfactuals=args.min_counterfactuals,
+        max_counterfactuals=args.max_counterfactuals,
+        seed=args.seed,
+    )
+
+
+def _causal_lm(name: str, device, dtype):
+    if name == TINY:
+        from hf_counterfactual.tiny_models import build_tiny_causal_lm
+
+        return build_tiny_causal_lm("a the dog cat on of caption old new phrase paraphrase : .".split())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval(), tokenizer
+
+
+def pass_rates(counts: dict[str, int]) -> dict[str, str]:
+    """``{"pixel_change": "7/9 (77.8%)", ...}`` from the ``filter/<name>/passed|failed`` counters."""
+    rates = {}
+    for name in sorted({key.split("/")[1] for key in counts if key.startswith("filter/")}):
+        passed, failed = counts.get(f"filter/{name}/passed", 0), counts.get(f"filter/{name}/failed", 0)
+        rates[name] = f"{passed}/{passed + failed} ({100 * passed / (passed + failed):.1f}%)" if passed + failed else "0/0"
+    return rates
+
+
+def dataset_card(args: GenerationArguments):
+    """The README body, given the writer's merged stats (edit counts, skip reasons, filter counts)."""
 
     def card(stats: dict) -> str:
         s = stats[args.split]
+        counts = s.get("counts", {})
+        made_with = [f"rule-based text edits on a spaCy parse ({args.spacy_pipeline}; kinds: {args.edits})"]
+        if args.llm_model:
+            made_with.append(f"LLM concept replacements ({args.llm_model})")
+        if "position" in args.edits:
+            made_with.append("mirrored images with left/right swapped (CounterCurate)")
+        if args.inpainting_model:
+            masks = "COCO instance masks (pycocotools)"
+            if args.detector_model:
+                masks += f", or {args.detector_model} detections" + (f" segmented by {args.segmenter_model}" if args.segmenter_model else "")
+            made_with.append(
+                f"diffusion inpainting with {args.inpainting_model} ({args.num_inference_steps} steps, guidance "
+                f"{args.guidance_scale}) over {masks}, for {args.image_edits} edits; count edits remove one instance "
+                "or add one in an empty box"
+            )
+        if args.paraphrase_model:
+            made_with.append(f"paraphrases by {args.paraphrase_model} for images with fewer than {args.min_paraphrases} other captions")
+        filters = [f"pixel change inside the mask >= {args.min_pixel_change}, outside <= {args.max_outside_change}"] if args.inpainting_model else []
+        if args.clip_filter_model:
+            filters.append(f"{args.clip_filter_model} cosine of the edited pair >= {args.clip_threshold}"
+                           + (f", beating the original caption by {args.clip_margin}" if args.clip_margin is not None else ""))
         lines = [
             "---",
             "license: cc-by-4.0",
@@ -79,18 +289,21 @@ def dataset_card(args: GenerationArguments, edits: tuple[str, ...]):
             "",
             "# Counterfactual COCO captions",
             "",
-            f"Made with hf-counterfactual's `examples/generate_cf_coco.py` from COCO {args.split}2017: the first "
-            "caption of each image is the factual caption, the others are paraphrases; counterfactuals are "
-            f"rule-based text edits on a spaCy parse ({args.spacy_pipeline}) and mirrored images with left/right "
-            f"swapped (edits: {', '.join(edits)}).",
+            f"Made with hf-counterfactual's `examples/generate_cf_coco.py` from COCO {args.split}2017 (seed {args.seed}): "
+            "the first caption of each image is the factual caption, the others are paraphrases; counterfactuals are "
+            + "; ".join(made_with) + ".",
             "",
             f"- records: {s['num_records']} from {s['num_items']} images; skipped: {s['num_skipped']}",
             f"- counterfactuals per edit kind: {json.dumps(s['edits'], sort_keys=True)}",
             f"- by source: {json.dumps(s['sources'], sort_keys=True)}",
             f"- skip reasons: {json.dumps(s['skip_reasons'], sort_keys=True)}",
-            "",
-            "Licence: COCO annotations are CC BY 4.0; the images keep their Flickr licences (see cocodataset.org).",
         ]
+        if filters:
+            lines.append(f"- filters: {'; '.join(filters)}. An image edit that fails one keeps only its caption, as a text-only negative.")
+            lines.append(f"- filter pass rates: {json.dumps(pass_rates(counts), sort_keys=True)}")
+        if counts:
+            lines.append(f"- stage counters: {json.dumps(counts, sort_keys=True)}")
+        lines += ["", "Licence: COCO annotations are CC BY 4.0; the images keep their Flickr licences (see cocodataset.org)."]
         return "\n".join(lines) + "\n"
 
     return card
@@ -99,54 +312,25 @@ def dataset_card(args: GenerationArguments, edits: tuple[str, ...]):
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    edits = tuple(e.strip() for e in args.edits.split(",") if e.strip())
-    unknown = sorted(set(edits) - set(TEXT_EDITS))
-    if unknown:
-        raise ValueError(f"unknown edit kind(s) {unknown}; choose from {TEXT_EDITS}")
     state = PartialState()
-    items = load_coco_captions(args.coco_root, args.split, args.max_images)
-    editor = RuleBasedEditor(pipeline=args.spacy_pipeline, kinds=edits, seed=args.seed)
-
-    def make_record(index: int, item: dict) -> dict:
-        try:
-            image = Image.open(item["file"])
-            image.load()
-        except (OSError, ValueError) as err:
-            raise SkipRecord(f"unreadable image ({type(err).__name__})") from err
-        image = image.convert("RGB")
-        caption, *paraphrases = item["captions"]
-        true_captions = {caption, *paraphrases}
-        counterfactuals = []
-        flipped = flip_counterfactual(image, caption) if "position" in edits else None
-        if flipped is not None:
-            counterfactuals.append({"caption": flipped[1], "image": flipped[0], "edit": "position", "source": "flip", "score": None})
-        for edit in editor.edit(caption):
-            counterfactuals.append({"caption": edit.caption, "image": None, "edit": edit.edit, "source": edit.source, "score": None})
-        # An edit that lands on another true caption is no counterfactual; the flip wins a tie with its text twin.
-        seen, kept = set(true_captions), []
-        for cf in counterfactuals:
-            if cf["caption"] not in seen:
-                seen.add(cf["caption"])
-                kept.append(cf)
-        if len(kept) < args.min_counterfactuals:
-            raise SkipRecord("no editable word" if not kept else f"fewer than {args.min_counterfactuals} counterfactuals")
-        return {"image": image, "caption": caption, "paraphrases": paraphrases, "counterfactuals": kept[: args.max_counterfactuals]}
-
+    items = load_coco(args.coco_root, args.split, args.max_images)
+    generator = build_generator(args, state.device)
     writer = ShardedRecordWriter(
         args.output_dir, split=args.split, records_per_shard=args.records_per_shard, rank=state.process_index, world_size=state.num_processes
     )
-    writer.run(items, make_record)
+    writer.run_batched(items, generator.make_records, batch_size=args.batch_size)
+    logger.info("rank %d stage timings: %s", state.process_index, json.dumps(generator.timing_report()))
     state.wait_for_everyone()
     stats = {}
     if state.is_main_process:
-        stats = finalize(args.output_dir, [args.split], dataset_card=dataset_card(args, edits))
+        stats = finalize(args.output_dir, [args.split], dataset_card=dataset_card(args))
         logger.info("generation stats: %s", json.dumps(stats[args.split]))
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
             api = HfApi()
             api.create_repo(args.push_to_hub, repo_type="dataset", exist_ok=True)
-            api.upload_folder(repo_id=args.push_to_hub, repo_type="dataset", folder_path=args.output_dir, ignore_patterns=[".progress/*"])
+            api.upload_folder(repo_id=args.push_to_hub, repo_type="dataset", folder_path=args.output_dir, ignore_patterns=[".progress/*", ".cache/*"])
     return stats
 
 

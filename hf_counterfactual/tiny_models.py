@@ -168,3 +168,177 @@ def build_tiny_inpainting_pipeline(words: Iterable[str], seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_grounding_dino_detector(words: Iterable[str], image_size: int):
+    """A tiny ``GroundingDinoForObjectDetection`` and its processor (see :func:`build_tiny_grounding`).
+
+    Grounding DINO hard-codes BERT's ids of ``[CLS]``, ``[SEP]``, ``.`` and ``?`` (101, 102, 1012,
+    1029) to split the prompt into phrases, so the word-level vocabulary puts them there and fills
+    the ids below 1030 with unused tokens.
+    """
+    from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor, SwinConfig
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    fixed = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+    taken = set(fixed.values())
+    vocab = {f"[unused{i}]": i for i in range(1030) if i not in taken}
+    vocab.update(fixed)
+    for word in sorted({w.lower() for w in words} - set(vocab)):
+        vocab[word] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # splits "cat." into "cat" "."
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", fixed["[CLS]"]), ("[SEP]", fixed["[SEP]"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=32,
+    )
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": image_size, "longest_edge": 2 * image_size})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1],
+            num_heads=[1, 1],
+            window_size=2,
+            out_features=["stage1", "stage2"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=tokenizer.model_max_length,
+        ),
+        d_model=32,  # the input projections' GroupNorm has 32 groups
+        num_queries=10,
+        encoder_layers=1,
+        decoder_layers=2,  # the decoder's box heads are tied to layer 0: one layer leaves nothing to tie and raises
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_feature_levels=2,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=tokenizer.model_max_length,
+    )
+    return GroundingDinoForObjectDetection(config).eval(), processor
+
+
+def _tiny_owl_detector(words: Iterable[str], image_size: int, patch_size: int, detector: str):
+    """A tiny ``OwlViTForObjectDetection`` / ``Owlv2ForObjectDetection`` and its processor."""
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorPil,
+        Owlv2Processor,
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessorPil,
+        OwlViTProcessor,
+    )
+
+    classes = {
+        "owlvit": (OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil, OwlViTProcessor),
+        "owlv2": (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor),
+    }
+    config_class, model_class, image_processor_class, processor_class = classes[detector]
+    # OWL's processor pads every query to model_max_length ("max_length" padding): keep it short.
+    tokenizer = build_word_level_tokenizer(words, model_max_length=16)
+    image_processor = image_processor_class(
+        size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = config_class(
+        text_config=dict(
+            common,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(common, image_size=image_size, patch_size=patch_size),
+        projection_dim=32,
+    )
+    model = model_class(config).eval()
+    # OWL configs have no initializer_range, so transformers' generic init draws the detection heads'
+    # Linear weights with std = initializer_factor = 1.0: the box head saturates (every box degenerate,
+    # on the image border). Small heads keep boxes near OWL's per-patch prior, as a trained model has.
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.split(".")[0] in ("box_head", "class_head", "objectness_head") and isinstance(module, torch.nn.Linear):
+                module.weight.normal_(std=0.02)
+                module.bias.zero_()
+    return model, processor
+
+
+def build_tiny_grounding(words: Iterable[str], seed: int = 0, with_segmenter: bool = True, detector: str = "owlvit"):
+    """A randomly initialised tiny zero-shot detector and SAM segmenter, the fixture of
+    :class:`~hf_counterfactual.generation.grounding.GroundedSegmenter`.
+
+    Returns ``(detector, detector_processor, segmenter, segmenter_processor)``; the last two are None
+    when ``with_segmenter`` is False. ``detector`` picks the detector:
+
+    - "owlvit" (``OwlViTForObjectDetection``) or "owlv2" (``Owlv2ForObjectDetection``, which pads
+      images to a square): 32x32 pixels, 8-pixel patches, so 16 boxes per image; one text query per
+      phrase over a word-level tokenizer of ``words``;
+    - "grounding-dino" (``GroundingDinoForObjectDetection``): a 2-stage Swin backbone, 10 queries, a
+      1-layer BERT over a word-level vocabulary holding BERT's special ids.
+
+    SAM works at 32x32 pixels (4x4 image embeddings, 16x16 low-resolution masks). Deterministic for a
+    given ``seed``; nothing is downloaded.
+    """
+    from transformers import SamConfig, SamImageProcessorPil, SamModel, SamProcessor
+
+    if detector not in ("owlvit", "owlv2", "grounding-dino"):
+        raise ValueError(f"detector must be 'owlvit', 'owlv2' or 'grounding-dino', got {detector!r}")
+    image_size, patch_size = 32, 8
+    segmenter = segmenter_processor = None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if detector == "grounding-dino":
+            detector_model, detector_processor = _tiny_grounding_dino_detector(words, image_size)
+        else:
+            detector_model, detector_processor = _tiny_owl_detector(words, image_size, patch_size, detector)
+        if with_segmenter:
+            sam_config = SamConfig(
+                vision_config=dict(
+                    hidden_size=32,
+                    output_channels=16,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    image_size=image_size,
+                    patch_size=patch_size,
+                    window_size=2,
+                    global_attn_indexes=[1],
+                    num_pos_feats=8,  # output_channels // 2: the image-wide positional embedding
+                    mlp_dim=64,
+                ),
+                prompt_encoder_config=dict(hidden_size=16, image_size=image_size, patch_size=patch_size, mask_input_channels=4),
+                mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
+            )
+            segmenter = SamModel(sam_config).eval()
+    if with_segmenter:
+        # The processor's longest_edge and pad_size must equal the vision config's image_size.
+        sam_image_processor = SamImageProcessorPil(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": image_size // 4},
+            mask_pad_size={"height": image_size // 4, "width": image_size // 4},
+        )
+        segmenter_processor = SamProcessor(image_processor=sam_image_processor)
+    return detector_model, detector_processor, segmenter, segmenter_processor

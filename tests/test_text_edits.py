@@ -93,6 +93,44 @@ def test_exact_outputs(editor):
     assert "a small elephant" in " ".join(_captions(editor.edit("a large elephant"), "attribute"))
 
 
+def _targets(edits, kind):
+    return {(e.caption, e.target) for e in edits if e.edit == kind}
+
+
+def test_targets_on_real_captions(nlp):
+    editor = RuleBasedEditor(nlp=nlp, kinds=("attribute", "object", "count", "relation", "position"), seed=0)
+    # equal adjectives ("red" twice): no swap, each colour replaced, the target its own noun
+    edits = editor.edit("a red cup of coffee on a red saucer next to a spoon")
+    assert {e.target for e in edits if e.edit == "attribute"} == {"cup", "saucer"}
+    assert all(e.target == "cup" for e in edits if e.edit == "attribute" and e.caption.endswith("on a red saucer next to a spoon"))
+    assert {(e.old, e.target) for e in edits if e.edit == "count"} == {("a red cup", "cup"), ("a red saucer", "saucer"), ("a spoon", "spoon")}
+    assert {e.target for e in edits if e.edit == "object" and " / " in e.old} == {""}  # a swap: two objects
+    assert {e.target for e in edits if e.edit == "relation"} == {""}
+
+    # "orange" parses as a compound of "suit": its target is still the noun
+    edits = editor.edit("a woman in an orange suit next to a black helmet")
+    assert {(e.old, e.target) for e in edits if e.edit == "attribute"} == {("orange", "suit"), ("black", "helmet")}
+    objects = {(e.old, e.target) for e in edits if e.edit == "object"}
+    assert objects == {("woman", "woman"), ("woman / helmet", "")}
+    assert {(e.old, e.target) for e in edits if e.edit == "count"} == {("a woman", "woman"), ("a black helmet", "helmet")}
+
+    # two nouns with different adjectives: a swap, no single target
+    edits = editor.edit("a white rocket between four tall towers")
+    assert _targets(edits, "attribute") == {("a tall rocket between four white towers", "")}
+    assert _targets(edits, "count") == {
+        ("two white rockets between four tall towers", "rocket"),
+        ("a white rocket between five tall towers", "towers"),
+        ("a white rocket between three tall towers", "towers"),
+    }
+    # target as in the ORIGINAL caption (plural, capitalised), predicate adjectives, conjunctions
+    edits = editor.edit("Two big red Buses")
+    assert {e.target for e in edits if e.edit in ("attribute", "count", "object")} == {"Buses"}
+    assert {e.target for e in editor.edit("The dog is black.") if e.edit == "attribute"} == {"dog"}
+    assert {e.target for e in editor.edit("a white and black dog") if e.edit == "attribute"} == {"dog"}
+    assert {e.target for e in editor.edit("a clock above a door") if e.edit == "position"} == {""}
+    assert {e.target for e in RuleBasedEditor(nlp=nlp, kinds=("order",)).edit("a white rocket between four tall towers")} == {""}
+
+
 def test_articles_follow_replacements(nlp):
     # the only animal left to replace "cat" with is "elephant": "a cat" -> "an elephant"
     vocab = {"objects": {"animal": ["dog", "cat", "elephant"]}}
@@ -176,9 +214,10 @@ def test_llm_parsing_rejection_and_cache(tmp_path):
     stub = _StubLLM(REPLIES, cache_dir=str(tmp_path), batch_size=3)
     captions = list(REPLIES)
     out = stub.edit_batch(captions)
-    assert out[0] == [TextEdit("A white cat sitting on a couch.", "object", "llm", "black dog", "white cat", "a fluffy white cat")]
+    assert out[0] == [TextEdit("A white cat sitting on a couch.", "object", "llm", "black dog", "white cat", "a fluffy white cat", target="dog")]
     assert out[1][0].caption == "a man holding a banana"  # "an" -> "a"
     assert out[7][0].caption == "a green apple" and out[7][0].edit == "attribute"
+    assert out[1][0].target == "umbrella" and out[7][0].target == "apple"  # last word of old
     assert [len(o) for o in out] == [1, 1, 0, 0, 0, 0, 0, 1]
     assert stub.stats["rejected_empty"] == 1 and stub.stats["rejected_too_long"] == 1
     assert stub.stats["rejected_unchanged"] == 1 and stub.stats["rejected_not_in_caption"] == 1

@@ -290,3 +290,20 @@ def test_per_item_counts_survive_kill_and_resume(tmp_path):
     assert resumed.counts == ref.counts  # items of the uncommitted tail are counted once, not twice
     assert rows(out) == rows(tmp_path / "ref")
     assert finalize(out, ["train"])["train"]["counts"] == dict(ref.counts)
+
+
+def test_two_folders_of_the_same_name_do_not_share_a_cache(tmp_path):
+    """datasets caches a local folder by its name and README metadata; finalize's dataset_info
+    (records and bytes per split) keeps a regenerated folder from loading another's stale cache."""
+    import datasets
+
+    loaded = []
+    for n, where in ((7, "first"), (11, "second")):
+        out = tmp_path / where / "cf-coco"
+        ShardedRecordWriter(out, records_per_shard=4).run(worker.ITEMS[:n], worker.make_record, progress=False)
+        finalize(out, ["train"])
+        loaded.append(datasets.load_dataset(str(out))["train"])
+    good = lambda n: sum(i not in worker.BAD for i in range(n))  # noqa: E731
+    assert [ds.num_rows for ds in loaded] == [good(7), good(11)]
+    readme = (tmp_path / "second" / "cf-coco" / "README.md").read_text()
+    assert f"num_examples: {good(11)}" in readme and "dataset_info:" in readme

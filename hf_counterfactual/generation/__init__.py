@@ -5,6 +5,7 @@ masks from annotations or boxes), and filters (image-text matching score, pixel 
 """
 
 from .filters import FilterResult, ImageTextMatchFilter, PixelChangeFilter, pixel_change
+from .grounding import Detection, GroundedSegmenter
 from .image_edits import (
     CountEdit,
     InpaintingEditor,
@@ -14,20 +15,32 @@ from .image_edits import (
     flip_caption,
     flip_counterfactual,
 )
+from .llm import CachedGenerator
+from .paraphrase import LLMParaphraser, paraphrase_problem
 from .text_edits import DEFAULT_EXAMPLES, LLMConceptEditor, RuleBasedEditor, TextEdit
-from .writer import ShardedRecordWriter, SkipRecord, WriterStats, finalize
+from .pipeline import CounterfactualGenerator, FactualItem, Instance
+from .writer import GeneratedRecord, ShardedRecordWriter, SkipRecord, WriterStats, finalize
 
 __all__ = [
     "DEFAULT_EXAMPLES",
     "LLMConceptEditor",
     "RuleBasedEditor",
     "TextEdit",
+    "CachedGenerator",
+    "LLMParaphraser",
+    "paraphrase_problem",
+    "CounterfactualGenerator",
+    "FactualItem",
+    "GeneratedRecord",
+    "Instance",
     "ShardedRecordWriter",
     "SkipRecord",
     "WriterStats",
     "finalize",
     "CountEdit",
+    "Detection",
     "FilterResult",
+    "GroundedSegmenter",
     "ImageTextMatchFilter",
     "InpaintingEditor",
     "PixelChangeFilter",

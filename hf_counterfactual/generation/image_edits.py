@@ -184,14 +184,14 @@ def count_edit_masks(
     add_box_size: tuple[int, int] | None = None,
     pad: int = 4,
     seed: int = 0,
-    max_tries: int = 200,
+    avoid: Sequence[Sequence[float]] = (),
 ) -> list[CountEdit]:
     """Inpainting masks for count edits of an image with instances at ``boxes`` (``xyxy``).
 
     Returns one "remove" edit per instance (its instance mask, else its box, grown by ``pad``) and at
-    most one "add" edit: a box of ``add_box_size`` (default: the median instance box) placed at a
-    seeded random position that overlaps no instance box grown by ``pad``. No "add" edit when no
-    empty place is found in ``max_tries``.
+    most one "add" edit: a box of ``add_box_size`` (default: the median instance box) at a position
+    drawn (seeded) from ALL integer positions where it overlaps no instance box and no box of
+    ``avoid`` (other objects, ``xyxy``), each grown by ``pad``. No "add" edit when there is none.
     """
     width, height = size
     edits = []
@@ -214,15 +214,21 @@ def count_edit_masks(
     box_w, box_h = add_box_size
     if box_w <= 0 or box_h <= 0 or box_w > width or box_h > height:
         return edits
-    occupied = [(b[0] - pad, b[1] - pad, b[2] + pad, b[3] + pad) for b in boxes]
-    rng = np.random.default_rng(seed)
-    for _ in range(max_tries):
-        x0 = int(rng.integers(0, width - box_w + 1))
-        y0 = int(rng.integers(0, height - box_h + 1))
+    # Occupied pixels (boxes grown by pad, open on the far side as in _overlaps), then a summed-area
+    # table: a placement is free when the occupied count under it is zero.
+    occupied = np.zeros((height, width), dtype=np.int32)
+    for b in [*boxes, *avoid]:
+        x0, y0 = max(0, int(np.floor(b[0] - pad))), max(0, int(np.floor(b[1] - pad)))
+        x1, y1 = min(width, int(np.ceil(b[2] + pad))), min(height, int(np.ceil(b[3] + pad)))
+        if x1 > x0 and y1 > y0:
+            occupied[y0:y1, x0:x1] = 1
+    table = np.pad(occupied.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    under = table[box_h:, box_w:] - table[:-box_h, box_w:] - table[box_h:, :-box_w] + table[:-box_h, :-box_w]
+    free = np.argwhere(under == 0)  # (y0, x0) of every free placement
+    if len(free):
+        y0, x0 = (int(v) for v in free[np.random.default_rng(seed).integers(len(free))])
         candidate = (x0, y0, x0 + box_w, y0 + box_h)
-        if not any(_overlaps(candidate, other) for other in occupied):
-            edits.append(CountEdit("add", box_mask(size, candidate), box=candidate))
-            break
+        edits.append(CountEdit("add", box_mask(size, candidate), box=candidate))
     return edits
 
 

@@ -1,7 +1,8 @@
 """Text edits: a caption -> captions that are *false* of the caption's image, each recording its kind.
 
 Two editors, both returning :class:`TextEdit` (``caption``, ``edit``, ``source``, ``old``, ``new``,
-``phrase``), which map onto the record's counterfactual fields (``caption``, ``edit``, ``source``):
+``phrase``, ``target``), which map onto the record's counterfactual fields (``caption``, ``edit``,
+``source``); ``target`` names the object an image editor should inpaint:
 
 - :class:`RuleBasedEditor`: rules on a spaCy parse (POS tags, dependencies, lemmas) of an English
   pipeline. Kinds (see the class docstring for exactly what each covers):
@@ -21,17 +22,14 @@ Two editors, both returning :class:`TextEdit` (``caption``, ``edit``, ``source``
   shape of Sahin et al. 2023 (Generative Negative Mining): a few examples, then the caption; the
   model names the concept to replace, the new concept (at most three words) and a descriptive
   phrase of the new object for the image editor. Generations are cached in a JSON-lines file
-  keyed by (model name, prompt hash), so reruns cost nothing.
+  keyed by (model name, prompt hash), so reruns cost nothing (:mod:`.llm`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +39,7 @@ from ..benchmarks.aro import (
     shuffle_trigrams,
     shuffle_within_trigrams,
 )
+from .llm import CachedGenerator, delegate, prompt_hash
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -60,7 +59,20 @@ class TextEdit:
     """One edited caption. ``caption`` is false of the original image; ``edit`` is its kind
     (attribute | object | relation | position | count | order); ``source`` "rule" or "llm";
     ``old``/``new`` what was replaced and by what (empty for order shuffles); ``phrase`` a
-    descriptive phrase of the new object for an image editor (LLM edits only)."""
+    descriptive phrase of the new object for an image editor (LLM edits only).
+
+    ``target`` is the head noun the edit is about, as it appears in the ORIGINAL caption, so that
+    an image editor can find (ground, segment) the one object to inpaint; "" when the edit is not
+    about one object:
+
+    - rule ``attribute`` replacement (colour / size / material): the noun the adjective modifies
+      ("a red cup of coffee", red -> green: "cup"; "the dog is black": "dog"); "" for a swap of
+      the adjectives of two nouns (two objects change);
+    - rule ``object`` replacement: the replaced noun itself (``old``); "" for a swap of two nouns;
+    - rule ``count``: the counted noun ("four tall towers" -> "five tall towers": "towers");
+    - LLM edits: the last word of ``old`` ("black dog" -> "dog");
+    - relation, position and order edits: "".
+    """
 
     caption: str
     edit: str
@@ -68,6 +80,7 @@ class TextEdit:
     old: str = ""
     new: str = ""
     phrase: str = ""
+    target: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +320,25 @@ def _render(doc, replacements: dict[int, str]) -> str:
     return "".join(out).strip()
 
 
+def _modified_noun(adjective) -> str:
+    """The text of the noun an adjective token describes, or "": through adjective conjunctions
+    ("white and black dog"), as a modifier (amod, or compound when the parser takes a colour for a
+    noun: "an orange suit"), climbing noun compounds ("a wooden dog house" -> "house"), or as a
+    predicate ("the dog is black" -> the subject)."""
+    t = adjective
+    while t.dep_ == "conj" and t.head.i != t.i and t.head.pos_ == "ADJ":
+        t = t.head
+    if t.dep_ in ("amod", "compound", "nmod") and t.head.pos_ in ("NOUN", "PROPN"):
+        noun = t.head
+        while noun.dep_ == "compound" and noun.head.i != noun.i and noun.head.pos_ in ("NOUN", "PROPN"):
+            noun = noun.head
+        return noun.text
+    if t.dep_ == "acomp":
+        subjects = [c for c in t.head.children if c.dep_ in ("nsubj", "nsubjpass") and c.pos_ in ("NOUN", "PROPN")]
+        return subjects[0].text if subjects else ""
+    return ""
+
+
 def _caption_rng(seed: int, caption: str, salt: str) -> random.Random:
     return random.Random(f"{seed}\x00{caption}\x00{salt}")
 
@@ -427,12 +459,12 @@ class RuleBasedEditor:
                 candidates = self._order(caption, doc, word_doc, rng)
             else:
                 candidates = getattr(self, f"_{kind}")(doc, rng)
-            for new_caption, old, new in candidates:
+            for new_caption, old, new, target in candidates:
                 new_caption = new_caption.strip()
                 if not new_caption or new_caption in seen or new_caption.lower() == caption.strip().lower():
                     continue
                 seen.add(new_caption)
-                out.append(TextEdit(caption=new_caption, edit=kind, source="rule", old=old, new=new))
+                out.append(TextEdit(caption=new_caption, edit=kind, source="rule", old=old, new=new, target=target))
         return out
 
     # attribute ------------------------------------------------------------------------------------
@@ -465,7 +497,8 @@ class RuleBasedEditor:
                 repl = {a0: text_b, b0: text_a}
                 repl.update({i: "" for i in range(a0 + 1, a1 + 1)})
                 repl.update({i: "" for i in range(b0 + 1, b1 + 1)})
-                edits.append((_render(doc, repl), f"{text_a} / {text_b}", f"{text_b} / {text_a}"))
+                # two objects change: no single target
+                edits.append((_render(doc, repl), f"{text_a} / {text_b}", f"{text_b} / {text_a}", ""))
                 break
             if edits:
                 break
@@ -490,7 +523,7 @@ class RuleBasedEditor:
                 continue
             if new:
                 new = _match_case(t.text, new)
-                edits.append((_render(doc, {t.i: new}), t.text, new))
+                edits.append((_render(doc, {t.i: new}), t.text, new, _modified_noun(t)))
         return edits
 
     # object -----------------------------------------------------------------------------------------
@@ -522,7 +555,7 @@ class RuleBasedEditor:
             if not choices:
                 continue
             new = self._inflect(rng.choice(choices), _is_plural(t), t.text)
-            edits.append((_render(doc, {t.i: new}), t.text, new))
+            edits.append((_render(doc, {t.i: new}), t.text, new, t.text))
         nouns = [t for t in doc if self._object_noun(t) and _lemma(t) not in _SCENE_NOUNS]
         for i, a in enumerate(nouns):
             b = next((n for n in nouns[i + 1 :] if _lemma(n) != _lemma(a)), None)
@@ -530,7 +563,7 @@ class RuleBasedEditor:
                 continue
             new_a = self._inflect(_lemma(b), _is_plural(a), a.text)
             new_b = self._inflect(_lemma(a), _is_plural(b), b.text)
-            edits.append((_render(doc, {a.i: new_a, b.i: new_b}), f"{a.text} / {b.text}", f"{new_a} / {new_b}"))
+            edits.append((_render(doc, {a.i: new_a, b.i: new_b}), f"{a.text} / {b.text}", f"{new_a} / {new_b}", ""))
             break
         return edits
 
@@ -551,7 +584,7 @@ class RuleBasedEditor:
                     continue
                 repl = {i: _match_case(first.text, opposite)}
                 repl.update({k: "" for k in range(i + 1, i + n)})
-                edits.append((_render(doc, repl), doc[i : i + n].text, opposite))
+                edits.append((_render(doc, repl), doc[i : i + n].text, opposite, ""))
                 i += n
                 matched = True
                 break
@@ -589,7 +622,7 @@ class RuleBasedEditor:
             if repl:
                 old = " ".join(doc[i].text for i in sorted(repl))
                 new = " ".join(repl[i] for i in sorted(repl))
-                edits.append((_render(doc, repl), old, new))
+                edits.append((_render(doc, repl), old, new, ""))
         return edits
 
     @staticmethod
@@ -635,7 +668,7 @@ class RuleBasedEditor:
                 repl = {t.i: _match_case(t.text, number), head.i: noun}
                 repl.update(self._agreement(head, plural))
                 new_span = " ".join(repl.get(k, doc[k].text) for k in range(t.i, head.i + 1))
-                edits.append((_render(doc, repl), doc[t.i : head.i + 1].text, new_span))
+                edits.append((_render(doc, repl), doc[t.i : head.i + 1].text, new_span, head.text))
         return edits
 
     @staticmethod
@@ -688,7 +721,7 @@ class RuleBasedEditor:
             for _ in range(5):  # a few tries for a shuffle that moves something
                 shuffled = shuffle(local)
                 if shuffled != original:
-                    edits.append((shuffled + ending, "", ""))
+                    edits.append((shuffled + ending, "", "", ""))
                     break
         return edits
 
@@ -739,13 +772,26 @@ class LLMConceptEditor:
     caption replaces the first occurrence of old by new (with "a"/"an" fixed before it); the kind is
     "attribute" when old and new share their last word (black dog -> white dog), else "object".
 
-    Generation is greedy and batched with left padding. Raw generations are cached in
-    ``cache_dir/llm_concept_edits.jsonl``, one JSON line per (model, prompt hash), so a rerun
-    neither loads nor runs anything for cached captions. ``model_name`` defaults to the model's
-    ``name_or_path`` (set it for models built from a config, whose name is empty).
+    Generation (greedy, batched with left padding) and its cache are a
+    :class:`~hf_counterfactual.generation.llm.CachedGenerator` (:attr:`generator`): raw
+    generations are cached in ``cache_dir/llm_concept_edits.jsonl``, one JSON line per (model,
+    prompt hash), so a rerun neither loads nor runs anything for cached captions. ``model_name``
+    defaults to the model's ``name_or_path``, or for a model built from a config (empty name) its
+    class and a hash of its config. ``model``, ``tokenizer``, ``max_new_tokens``, ``batch_size``,
+    ``model_name``, ``cache_path`` and ``stats`` are the generator's; :meth:`_generate` is the hook
+    that runs the model on uncached prompts (override it to script replies).
     """
 
     CACHE_FILE = "llm_concept_edits.jsonl"
+
+    # Views of the generator, kept as attributes of the editor (readable and settable).
+    model = delegate("model")
+    tokenizer = delegate("tokenizer")
+    max_new_tokens = delegate("max_new_tokens")
+    batch_size = delegate("batch_size")
+    model_name = delegate("model_name", "The model's name in cache keys; reassigning it changes the keys.")
+    cache_path = delegate("cache_path")
+    stats = delegate("stats", "Counts: cached, generated, accepted, rejected and rejected_<reason>.")
 
     def __init__(
         self,
@@ -757,67 +803,37 @@ class LLMConceptEditor:
         few_shot: Iterable[dict[str, str]] = DEFAULT_EXAMPLES,
         model_name: str | None = None,
     ):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
         self.few_shot = tuple(few_shot)
-        name = model_name or getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
-        if not name:
-            config = getattr(model, "config", None)
-            digest = hashlib.sha256(config.to_json_string().encode()).hexdigest()[:16] if config is not None else "unknown"
-            name = f"{type(model).__name__}:{digest}"
-        self.model_name = name
-        self.stats: Counter = Counter()
-        self.cache_path = os.path.join(os.fspath(cache_dir), self.CACHE_FILE) if cache_dir is not None else None
-        self._cache: dict[tuple[str, str], str] = {}
-        if self.cache_path and os.path.exists(self.cache_path):
-            with open(self.cache_path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        entry = json.loads(line)
-                        self._cache[(entry["model"], entry["prompt_hash"])] = entry["generation"]
-                    except (ValueError, KeyError):
-                        continue  # a torn last line from an interrupted run
+        # The late-bound lambda keeps ``_generate`` the hook that runs the model: a subclass (or a
+        # test) overriding it is what the generator calls for uncached prompts.
+        self.generator = CachedGenerator(
+            model,
+            tokenizer,
+            cache_dir=cache_dir,
+            cache_file=self.CACHE_FILE,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            model_name=model_name,
+            generate_fn=lambda prompts: self._generate(prompts),
+        )
 
     def prompt(self, caption: str) -> str:
+        """The few-shot prompt for ``caption``, ending in "Old:" (what the model continues)."""
         examples = "\n".join(_format_example(e) for e in self.few_shot)
         return f"{_INSTRUCTION}\n\n{examples}\nCaption: {caption.strip()}\nOld:"
 
     @staticmethod
     def _hash(prompt: str) -> str:
-        return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+        return prompt_hash(prompt)
 
     def edit(self, caption: str) -> list[TextEdit]:
+        """:meth:`edit_batch` for one caption."""
         return self.edit_batch([caption])[0]
 
     def edit_batch(self, captions: list[str]) -> list[list[TextEdit]]:
         """One list per caption: ``[edit]`` when the model's proposal is accepted, else ``[]``."""
-        prompts = [self.prompt(c) for c in captions]
-        keys = [(self.model_name, self._hash(p)) for p in prompts]
-        missing = sorted({i for i, k in enumerate(keys) if k not in self._cache}, key=lambda i: keys[i])
-        unique: dict[tuple[str, str], int] = {}
-        for i in missing:
-            unique.setdefault(keys[i], i)
-        todo = list(unique.values())
-        self.stats["cached"] += len(captions) - len(missing)
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            generations = self._generate([prompts[i] for i in chunk])
-            self.stats["generated"] += len(chunk)
-            new_entries = []
-            for i, generation in zip(chunk, generations):
-                self._cache[keys[i]] = generation
-                new_entries.append({"model": keys[i][0], "prompt_hash": keys[i][1], "generation": generation})
-            if self.cache_path:
-                os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
-                with open(self.cache_path, "a", encoding="utf-8") as f:
-                    for entry in new_entries:
-                        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        return [self._to_edits(c, self._cache[k]) for c, k in zip(captions, keys)]
+        generations = self.generator.generate([self.prompt(c) for c in captions])
+        return [self._to_edits(c, g) for c, g in zip(captions, generations)]
 
     def _reject(self, reason: str) -> list[TextEdit]:
         self.stats[f"rejected_{reason}"] += 1
@@ -849,29 +865,10 @@ class LLMConceptEditor:
             return self._reject("unchanged")
         kind = "attribute" if old.split()[-1].lower() == new.split()[-1].lower() else "object"
         self.stats["accepted"] += 1
-        return [TextEdit(caption=edited, edit=kind, source="llm", old=match.group(0), new=new, phrase=phrase)]
+        target = re.sub(r"^\W+|\W+$", "", match.group(0).split()[-1])
+        return [TextEdit(caption=edited, edit=kind, source="llm", old=match.group(0), new=new, phrase=phrase, target=target)]
 
     def _generate(self, prompts: list[str]) -> list[str]:
-        """Greedy continuations of ``prompts`` (batched, left padding), the prompt cut off."""
-        import torch
-
-        tokenizer = self.tokenizer
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        try:
-            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-                tokenizer.pad_token = tokenizer.eos_token
-            enc = tokenizer(prompts, return_tensors="pt", padding=True)
-        finally:
-            tokenizer.padding_side = padding_side
-        enc.pop("token_type_ids", None)
-        device = getattr(self.model, "device", None)
-        if device is not None:
-            enc = enc.to(device)
-        with torch.no_grad():
-            out = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad_id
-            )
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        """Greedy continuations of ``prompts`` (batched, left padding), the prompt cut off, no cache:
+        :meth:`CachedGenerator.run`. Override it to script the model."""
+        return self.generator.run(prompts)

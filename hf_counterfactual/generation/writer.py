@@ -499,13 +499,15 @@ def finalize(
     split_names: Sequence[str],
     dataset_card: str | Callable[[dict[str, Any]], str] | None = None,
     require_complete: bool = True,
+    features: Features = COUNTERFACTUAL_FEATURES,
 ) -> dict[str, Any]:
     """Makes ``output_dir`` loadable with ``datasets.load_dataset(output_dir)`` and writes its stats.
 
     Run it once (on one process) after every process's :meth:`ShardedRecordWriter.run` returned.
     Writes ``README.md`` (``dataset_card``'s text, or ``dataset_card(stats)`` when it is a function of
     the merged stats; its YAML front matter kept, with a ``configs:``
-    block mapping each split to ``data/{split}-r*.parquet``) and ``generation_stats.json`` (per
+    block mapping each split to ``data/{split}-r*.parquet`` and a ``dataset_info`` block with the
+    features, the records per split and the Parquet bytes) and ``generation_stats.json`` (per
     split: records, skips by reason, counterfactuals by edit kind and source, per-item counters,
     merged over ranks).
 
@@ -514,10 +516,14 @@ def finalize(
             or no records at all.
     """
     import yaml
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
 
     output_dir = Path(output_dir)
     all_stats: dict[str, Any] = {}
     data_files = []
+    splits = SplitDict()
     for split in split_names:
         paths = sorted((output_dir / PROGRESS_DIR).glob(f"{split}-r*.json"))
         progresses = [json.loads(p.read_text()) for p in paths]
@@ -539,12 +545,22 @@ def finalize(
             raise RuntimeError(f"split {split!r} has no records: datasets cannot load an empty split")
         all_stats[split] = {"world_size": world_size, **total.to_dict()}
         data_files.append({"split": split, "path": f"data/{split}-r*.parquet"})
+        num_bytes = sum(path.stat().st_size for path in (output_dir / "data").glob(f"{split}-r*.parquet"))
+        splits[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=total.num_records)
 
     if callable(dataset_card):
         dataset_card = dataset_card(all_stats)
     header, body = _split_front_matter(dataset_card or "")
     configs = [c for c in header.get("configs", []) if c.get("config_name") != "default"]
     header["configs"] = [{"config_name": "default", "data_files": data_files, "default": True}, *configs]
+    # dataset_info is what push_to_hub writes; here it also keys datasets' cache. datasets caches a
+    # local folder by its name and README metadata, not by its files: without the sizes, two
+    # generated folders of the same name (a rerun into a new place) would share one stale cache.
+    size = sum(info.num_bytes for info in splits.values())
+    info = DatasetInfo(features=features, splits=splits, download_size=size, dataset_size=size, config_name="default")
+    card_data = DatasetCardData()
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    header["dataset_info"] = card_data.to_dict()["dataset_info"]
     if not body.strip():
         lines = ["# Counterfactual records", "", "Generated with hf-counterfactual.", ""]
         for split, s in all_stats.items():

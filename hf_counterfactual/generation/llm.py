@@ -1,0 +1,175 @@
+"""Cached, batched, greedy generation with any ``transformers`` causal LM.
+
+The model-agnostic machinery shared by the LLM stages (:class:`~.text_edits.LLMConceptEditor`,
+:class:`~.paraphrase.LLMParaphraser`): prompts in, raw continuations out, each continuation cached
+in a JSON-lines file keyed by (model name, prompt sha256) so that a rerun runs the model only on
+prompts it has never seen. What a generation *means* (parsing, rejection) is the caller's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+__all__ = ["CachedGenerator", "model_name_of", "prompt_hash"]
+
+
+def prompt_hash(prompt: str) -> str:
+    """The cache key of a prompt: the hex sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def model_name_of(model) -> str:
+    """A name for ``model`` in cache keys: its ``name_or_path`` (or ``config._name_or_path``); for a
+    model built from a config, whose name is empty, its class name and a hash of its config, so two
+    differently configured random models never share cache entries."""
+    name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if name:
+        return name
+    config = getattr(model, "config", None)
+    digest = hashlib.sha256(config.to_json_string().encode()).hexdigest()[:16] if config is not None else "unknown"
+    return f"{type(model).__name__}:{digest}"
+
+
+class CachedGenerator:
+    """Greedy continuations of prompts by a causal LM, cached on disk.
+
+    :meth:`generate` returns one continuation per prompt (the prompt cut off). Only prompts whose
+    key (``model_name``, :func:`prompt_hash`) is not cached reach the model, each unique prompt
+    once, in batches of ``batch_size`` with left padding; each batch is appended to
+    ``cache_dir/cache_file`` as JSON lines ``{"model", "prompt_hash", "generation"}`` as soon as it
+    is done, so an interrupted run keeps what it paid for. A torn last line (a run killed while
+    writing) is skipped on load. Without ``cache_dir`` the cache lives in memory only.
+
+    :attr:`stats` counts prompts served from the cache (``"cached"``) and unique prompts run
+    through the model (``"generated"``).
+
+    Args:
+        model: a causal LM with ``generate`` (``None`` is allowed when ``generate_fn`` is given).
+        tokenizer: its tokenizer; its ``padding_side`` is restored after each batch, and its
+            ``pad_token`` set to ``eos_token`` when it has none.
+        cache_dir: folder of the cache file (created on first write); ``None``: memory only.
+        cache_file: name of the cache file in ``cache_dir``; one per stage, so stages never mix.
+        max_new_tokens: the generation length.
+        batch_size: prompts per ``model.generate`` call.
+        model_name: the model's name in cache keys (default :func:`model_name_of`); it may be
+            reassigned later, and later calls use the new name.
+        generate_fn: what runs uncached prompts (a list of prompts -> a list of continuations);
+            default :meth:`run`. Stages pass a hook here so that tests can script replies.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cache_dir: str | os.PathLike | None = None,
+        cache_file: str = "llm_generations.jsonl",
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        model_name: str | None = None,
+        generate_fn: Callable[[list[str]], list[str]] | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.model_name = model_name or model_name_of(model)
+        self.generate_fn = generate_fn
+        self.stats: Counter = Counter()
+        self.cache_path = os.path.join(os.fspath(cache_dir), cache_file) if cache_dir is not None else None
+        self._cache: dict[tuple[str, str], str] = {}
+        if self.cache_path and os.path.exists(self.cache_path):
+            self._load(self.cache_path)
+
+    def _load(self, path: str) -> None:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self._cache[(entry["model"], entry["prompt_hash"])] = entry["generation"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from an interrupted run
+
+    def key(self, prompt: str) -> tuple[str, str]:
+        """The cache key of ``prompt`` under the current :attr:`model_name`."""
+        return (self.model_name, prompt_hash(prompt))
+
+    def cached(self, prompt: str) -> str | None:
+        """The cached continuation of ``prompt``, or ``None``; runs nothing."""
+        return self._cache.get(self.key(prompt))
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        """One continuation per prompt, from the cache or the model (uncached unique prompts only)."""
+        prompts = list(prompts)
+        keys = [self.key(p) for p in prompts]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        # Each unique prompt runs once, in key order: the batches (and so the generations, which
+        # padding can perturb) do not depend on the order or the duplicates of the input.
+        unique: dict[tuple[str, str], int] = {}
+        for i in sorted(missing, key=lambda i: keys[i]):
+            unique.setdefault(keys[i], i)
+        todo = list(unique.values())
+        self.stats["cached"] += len(prompts) - len(missing)
+        run = self.generate_fn if self.generate_fn is not None else self.run
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            generations = list(run([prompts[i] for i in chunk]))
+            if len(generations) != len(chunk):
+                raise RuntimeError(f"the generator returned {len(generations)} continuations for {len(chunk)} prompts")
+            self.stats["generated"] += len(chunk)
+            new_entries = []
+            for i, generation in zip(chunk, generations):
+                self._cache[keys[i]] = generation
+                new_entries.append({"model": keys[i][0], "prompt_hash": keys[i][1], "generation": generation})
+            if self.cache_path:
+                os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
+                with open(self.cache_path, "a", encoding="utf-8") as f:
+                    for entry in new_entries:
+                        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return [self._cache[k] for k in keys]
+
+    def run(self, prompts: list[str]) -> list[str]:
+        """Greedy continuations of ``prompts`` in one batch (left padding), the prompt cut off; no
+        cache. The tokenizer's padding side is restored even if tokenisation fails."""
+        import torch
+
+        tokenizer = self.tokenizer
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"  # decoder-only models continue from the last position
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        try:
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            enc = tokenizer(prompts, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = padding_side
+        enc.pop("token_type_ids", None)  # some tokenizers return it; causal LMs reject it
+        device = getattr(self.model, "device", None)
+        if device is not None:
+            enc = enc.to(device)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def delegate(name: str, doc: str = "") -> property:
+    """A property reading and writing ``self.generator.<name>``: the stages keep their historical
+    attributes (``model``, ``batch_size``, ``model_name``, ``stats`` ...) as views of their
+    :class:`CachedGenerator`, so setting one after construction still takes effect."""
+
+    def get(self):
+        return getattr(self.generator, name)
+
+    def set(self, value):
+        setattr(self.generator, name, value)
+
+    return property(get, set, doc=doc or f"The generator's ``{name}``.")
