@@ -21,7 +21,8 @@ Each process takes a block of the images and writes Parquet shards; a rerun afte
         --inpainting_model stabilityai/stable-diffusion-2-inpainting --clip_filter_model openai/clip-vit-base-patch32 \\
         [--push_to_hub org/cf-coco]
 
-The output loads with ``load_dataset("cf-coco")`` (or the Hub id) and feeds ``run_cf_clip.py``.
+On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes 2 ... --use_cpu`` runs two
+processes (``--cpu`` would start one). The output loads with ``load_dataset("cf-coco")`` (or the Hub id) and feeds ``run_cf_clip.py``.
 ``tiny`` as a model name builds a random tiny model from a config (offline smoke runs and tests).
 """
 
@@ -70,6 +71,7 @@ class GenerationArguments:
     batch_size: int = field(default=16, metadata={"help": "Images per batch through the model stages."})
     seed: int = field(default=0, metadata={"help": "Seed of the text edits, instance choices and inpainting."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Dataset repo id to upload the output to."})
+    use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even with GPUs (with accelerate launch --multi_gpu on a CPU-only machine)."})
     # image edits
     inpainting_model: str | None = field(default=None, metadata={"help": "A diffusers inpainting checkpoint (or 'tiny'); None: no inpainting."})
     image_edits: str = field(default="object,attribute,count", metadata={"help": f"Text edit kinds realised as images, from {IMAGE_EDITS}."})
@@ -312,7 +314,7 @@ def dataset_card(args: GenerationArguments):
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    state = PartialState()
+    state = PartialState(cpu=args.use_cpu)
     items = load_coco(args.coco_root, args.split, args.max_images)
     generator = build_generator(args, state.device)
     writer = ShardedRecordWriter(
