@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-__all__ = ["CachedGenerator", "model_name_of", "prompt_hash"]
+__all__ = ["CachedGenerator", "LLMStage", "model_name_of", "prompt_hash"]
 
 
 def prompt_hash(prompt: str) -> str:
@@ -173,3 +173,41 @@ def delegate(name: str, doc: str = "") -> property:
         setattr(self.generator, name, value)
 
     return property(get, set, doc=doc or f"The generator's ``{name}``.")
+
+
+class LLMStage:
+    """Base of the stages that ask a causal LM (:class:`~.text_edits.LLMConceptEditor`,
+    :class:`~.paraphrase.LLMParaphraser`): it owns a :class:`CachedGenerator` (:attr:`generator`,
+    caching in ``cache_dir/CACHE_FILE``) and exposes its ``model``, ``tokenizer``,
+    ``max_new_tokens``, ``batch_size``, ``model_name``, ``cache_path`` and ``stats`` as settable
+    attributes. :meth:`_generate` is the hook that runs the model on uncached prompts: override it
+    (a subclass, a test) to script replies.
+    """
+
+    CACHE_FILE = "llm_generations.jsonl"
+
+    model = delegate("model")
+    tokenizer = delegate("tokenizer")
+    max_new_tokens = delegate("max_new_tokens")
+    batch_size = delegate("batch_size")
+    model_name = delegate("model_name", "The model's name in cache keys; reassigning it changes the keys.")
+    cache_path = delegate("cache_path")
+    stats = delegate("stats", "Counts: cached, generated, and the stage's accepted / rejected_<reason>.")
+
+    def __init__(self, model, tokenizer, cache_dir=None, max_new_tokens: int = 32, batch_size: int = 8, model_name: str | None = None):
+        # Late-bound, so that an overridden ``_generate`` is what the generator calls.
+        self.generator = CachedGenerator(
+            model,
+            tokenizer,
+            cache_dir=cache_dir,
+            cache_file=self.CACHE_FILE,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            model_name=model_name,
+            generate_fn=lambda prompts: self._generate(prompts),
+        )
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        """Greedy continuations of ``prompts`` (batched, left padding), the prompt cut off, no
+        cache: :meth:`CachedGenerator.run`."""
+        return self.generator.run(prompts)

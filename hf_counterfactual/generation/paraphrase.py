@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from .llm import CachedGenerator, delegate
+from .llm import LLMStage
 from .text_edits import DEFAULT_VOCAB
 
 __all__ = [
@@ -153,7 +153,7 @@ def _format_example(example: dict[str, str]) -> str:
     return f"Caption: {example['caption']}\nParaphrase: {example['paraphrase']}\n"
 
 
-class LLMParaphraser:
+class LLMParaphraser(LLMStage):
     """Paraphrases of captions with any ``transformers`` causal LM (READ-CLIP's paraphrase
     alignment needs captions TRUE of the same image; compare :class:`~.text_edits.LLMConceptEditor`,
     whose captions are false of it).
@@ -187,14 +187,6 @@ class LLMParaphraser:
 
     CACHE_FILE = "llm_paraphrases.jsonl"
 
-    # Views of the generator, readable and settable on the paraphraser.
-    model = delegate("model")
-    tokenizer = delegate("tokenizer")
-    max_new_tokens = delegate("max_new_tokens")
-    batch_size = delegate("batch_size")
-    model_name = delegate("model_name", "The model's name in cache keys; reassigning it changes the keys.")
-    cache_path = delegate("cache_path")
-    stats = delegate("stats", "Counts: cached, generated, accepted, rejected, rejected_<reason>, skipped_empty_caption.")
 
     def __init__(
         self,
@@ -213,17 +205,7 @@ class LLMParaphraser:
             raise ValueError("few_shot needs at least one example")
         self.min_length_ratio = min_length_ratio
         self.max_length_ratio = max_length_ratio
-        # Late-bound, so that overriding ``_generate`` (a subclass, a test) scripts the model.
-        self.generator = CachedGenerator(
-            model,
-            tokenizer,
-            cache_dir=cache_dir,
-            cache_file=self.CACHE_FILE,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            model_name=model_name,
-            generate_fn=lambda prompts: self._generate(prompts),
-        )
+        super().__init__(model, tokenizer, cache_dir, max_new_tokens, batch_size, model_name)
 
     def prompt(self, caption: str, variant: int = 0) -> str:
         """The few-shot prompt for ``caption``; ``variant`` rotates the examples."""
@@ -267,8 +249,3 @@ class LLMParaphraser:
             return
         self.stats["accepted"] += 1
         accepted.append(text)
-
-    def _generate(self, prompts: list[str]) -> list[str]:
-        """Greedy continuations of ``prompts``, no cache (:meth:`CachedGenerator.run`): the hook
-        the generator calls for uncached prompts. Override it to script the model."""
-        return self.generator.run(prompts)

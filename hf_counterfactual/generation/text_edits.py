@@ -39,7 +39,7 @@ from ..benchmarks.aro import (
     shuffle_trigrams,
     shuffle_within_trigrams,
 )
-from .llm import CachedGenerator, delegate, prompt_hash
+from .llm import LLMStage, prompt_hash
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -761,7 +761,7 @@ def parse_generation(generation: str) -> tuple[str, str, str] | None:
     return match["old"].strip().strip(".\"'"), match["new"].strip().strip(".\"'"), phrase.strip()
 
 
-class LLMConceptEditor:
+class LLMConceptEditor(LLMStage):
     """Concept replacement with any ``transformers`` causal LM, the prompt shape of Sahin et al.
     2023: an instruction, ``few_shot`` examples (caption -> old concept, new concept in at most
     three words, descriptive phrase for the image editor), then the caption and "Old:".
@@ -784,14 +784,6 @@ class LLMConceptEditor:
 
     CACHE_FILE = "llm_concept_edits.jsonl"
 
-    # Views of the generator, kept as attributes of the editor (readable and settable).
-    model = delegate("model")
-    tokenizer = delegate("tokenizer")
-    max_new_tokens = delegate("max_new_tokens")
-    batch_size = delegate("batch_size")
-    model_name = delegate("model_name", "The model's name in cache keys; reassigning it changes the keys.")
-    cache_path = delegate("cache_path")
-    stats = delegate("stats", "Counts: cached, generated, accepted, rejected and rejected_<reason>.")
 
     def __init__(
         self,
@@ -804,18 +796,7 @@ class LLMConceptEditor:
         model_name: str | None = None,
     ):
         self.few_shot = tuple(few_shot)
-        # The late-bound lambda keeps ``_generate`` the hook that runs the model: a subclass (or a
-        # test) overriding it is what the generator calls for uncached prompts.
-        self.generator = CachedGenerator(
-            model,
-            tokenizer,
-            cache_dir=cache_dir,
-            cache_file=self.CACHE_FILE,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            model_name=model_name,
-            generate_fn=lambda prompts: self._generate(prompts),
-        )
+        super().__init__(model, tokenizer, cache_dir, max_new_tokens, batch_size, model_name)
 
     def prompt(self, caption: str) -> str:
         """The few-shot prompt for ``caption``, ending in "Old:" (what the model continues)."""
@@ -867,8 +848,3 @@ class LLMConceptEditor:
         self.stats["accepted"] += 1
         target = re.sub(r"^\W+|\W+$", "", match.group(0).split()[-1])
         return [TextEdit(caption=edited, edit=kind, source="llm", old=match.group(0), new=new, phrase=phrase, target=target)]
-
-    def _generate(self, prompts: list[str]) -> list[str]:
-        """Greedy continuations of ``prompts`` (batched, left padding), the prompt cut off, no cache:
-        :meth:`CachedGenerator.run`. Override it to script the model."""
-        return self.generator.run(prompts)
