@@ -257,8 +257,9 @@ def pass_rates(counts: dict[str, int]) -> dict[str, str]:
     return rates
 
 
-def dataset_card(args: GenerationArguments):
-    """The README body, given the writer's merged stats (edit counts, skip reasons, filter counts)."""
+def dataset_card(args: GenerationArguments, annotated: bool = True):
+    """The README body, given the writer's merged stats (edit counts, skip reasons, filter counts);
+    ``annotated``: the input had instance annotations (else masks came from the detector)."""
 
     def card(stats: dict) -> str:
         s = stats[args.split]
@@ -269,9 +270,11 @@ def dataset_card(args: GenerationArguments):
         if "position" in args.edits:
             made_with.append("mirrored images with left/right swapped (CounterCurate)")
         if args.inpainting_model:
-            masks = "COCO instance masks (pycocotools)"
-            if args.detector_model:
-                masks += f", or {args.detector_model} detections" + (f" segmented by {args.segmenter_model}" if args.segmenter_model else "")
+            detected = f"{args.detector_model} detections" + (f" segmented by {args.segmenter_model}" if args.segmenter_model else "")
+            if not annotated:
+                masks = detected if args.detector_model else "no masks (no instance annotations, no detector)"
+            else:
+                masks = "COCO instance masks (pycocotools)"
             made_with.append(
                 f"diffusion inpainting with {args.inpainting_model} ({args.num_inference_steps} steps, guidance "
                 f"{args.guidance_scale}) over {masks}, for {args.image_edits} edits; count edits remove one instance "
@@ -325,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()
     stats = {}
     if state.is_main_process:
-        stats = finalize(args.output_dir, [args.split], dataset_card=dataset_card(args))
+        annotated = bool(items) and items[0].instances is not None
+        stats = finalize(args.output_dir, [args.split], dataset_card=dataset_card(args, annotated))
         logger.info("generation stats: %s", json.dumps(stats[args.split]))
         if args.push_to_hub:
             from huggingface_hub import HfApi

@@ -1,6 +1,5 @@
 """examples/generate_cf_coco.py on a COCO-format fixture: records, skips, load_dataset, one training step."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -83,3 +82,127 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
 def test_unknown_edit_kind_is_an_error(coco, tmp_path):
     with pytest.raises(ValueError, match=r"--edits: unknown kind\(s\) \['colour'\]"):
         generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), "--edits", "colour"])
+
+
+# ----------------------------------------------------------------------------- optional stages
+# The fixture without instances_val2017.json: every image edit has to come from the grounding path.
+
+
+@pytest.fixture(scope="module")
+def coco_without_instances(tmp_path_factory):
+    root = write_coco_photos(tmp_path_factory.mktemp("coco-without-instances"))
+    (root / "annotations" / "instances_val2017.json").unlink()
+    return root
+
+
+def _generate(coco_root, output_dir, *extra):
+    return generate_cf_coco.main(
+        ["--coco_root", str(coco_root), "--split", "val", "--output_dir", str(output_dir), "--spacy_pipeline", english_pipeline(),
+         "--edits", "attribute,object,position,count", "--batch_size", "4", *extra]
+    )["val"]  # fmt: skip
+
+
+def _changed(record, cf) -> np.ndarray:
+    return (np.asarray(cf["image"]) != np.asarray(record["image"])).any(-1)
+
+
+@pytest.mark.parametrize("segmenter", [None, "tiny"])
+def test_grounding_detector_and_segmenter(coco_without_instances, tmp_path, segmenter):
+    from datasets import load_dataset
+
+    out = tmp_path / "cf-coco"
+    extra = ["--segmenter_model", segmenter] if segmenter else []
+    stats = _generate(coco_without_instances, out, "--inpainting_model", "tiny", "--num_inference_steps", "2",
+                      "--detector_model", "tiny", "--box_threshold", "0.0", *extra)  # fmt: skip
+    assert stats["num_records"] == 6 and stats["skip_reasons"] == {"no editable word": 1, "unreadable image (OSError)": 1}
+    counts = stats["counts"]
+    # No annotations: the objects are the detector's (any box passes threshold 0), and the image
+    # edits repaint them. Detected boxes are clipped to the image: item 8's bad annotation box is gone.
+    assert counts["grounding/detections"] > 0 and counts["image_edit/planned"] > 0
+    assert stats["sources"].get("inpaint", 0) > 0
+    assert counts["image_edit/kept"] == stats["sources"]["inpaint"] + stats["sources"].get("box-inpaint", 0)
+    assert "image_edit/skipped: mask outside the image" not in counts
+
+    card = (out / "README.md").read_text()
+    assert "over tiny detections" in card and "COCO instance masks" not in card  # no annotations: detections only
+    assert ("segmented by tiny" in card) == (segmenter is not None)
+
+    # Box masks repaint a filled rectangle (keep_unmasked pastes the original outside the mask):
+    # the changed pixels fill their bounding box (1.0 measured). SAM masks (of a random SAM,
+    # upsampled from 16x16 logits) are blobs: 0.16 to 0.42 of their bounding box measured.
+    fills = []
+    for record in load_dataset(str(out))["val"]:
+        for cf in record["counterfactuals"]:
+            if cf["source"] == "inpaint":
+                changed = _changed(record, cf)
+                ys, xs = np.nonzero(changed)
+                fills.append(changed.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
+    assert len(fills) == stats["sources"]["inpaint"]
+    if segmenter is None:
+        assert min(fills) > 0.9, fills
+    else:
+        assert max(fills) < 0.9, fills
+
+
+def _lines(path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_llm_and_paraphrase_models_cache_and_reject_garbage(coco_without_instances, tmp_path):
+    from datasets import load_dataset
+
+    from generation_fixtures import ITEMS
+
+    llm = ["--llm_model", "tiny", "--paraphrase_model", "tiny", "--min_paraphrases", "1"]
+    first = tmp_path / "first"
+    stats = _generate(coco_without_instances, first, *llm)
+
+    # The tiny random LMs' output is rejected and the run goes on: no concept swap, no paraphrase.
+    # (With seed 0 their first greedy token is <eos>, so every generation decodes to "".)
+    assert stats["num_records"] == 6 and "llm" not in stats["sources"], stats
+    assert stats["counts"].get("paraphrase/generated", 0) == 0, stats
+    for record in load_dataset(str(first))["val"]:
+        captions = next(texts for _, texts, _ in ITEMS.values() if texts[0] == record["caption"])
+        assert record["paraphrases"] == captions[1:]
+
+    # Cached under {output_dir}/.cache: one generation per readable image's caption (the corrupt
+    # JPEG is skipped before the text stages), paraphrases for the images with no second caption.
+    readable = [texts for name, texts, _ in ITEMS.values() if name is not None]
+    concept_cache, paraphrase_cache = first / ".cache" / "llm_concept_edits.jsonl", first / ".cache" / "llm_paraphrases.jsonl"
+    assert _lines(concept_cache) == len(readable)
+    assert _lines(paraphrase_cache) == sum(len(texts) < 2 for texts in readable)
+    before = concept_cache.read_text(), paraphrase_cache.read_text()
+
+    # A rerun into a fresh folder with the same cache runs no model: the caches do not grow.
+    second = tmp_path / "second"
+    assert _generate(coco_without_instances, second, *llm, "--cache_dir", str(first / ".cache")) == stats
+    assert (concept_cache.read_text(), paraphrase_cache.read_text()) == before
+    assert not (second / ".cache").exists()
+
+
+def test_push_to_hub_uploads_the_dataset_folder(coco, tmp_path, monkeypatch):
+    """No hub here: HfApi is replaced by a recorder; what would be uploaded is checked on disk."""
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    out = tmp_path / "cf-coco"
+    generate_cf_coco.main(
+        ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
+         "--edits", "attribute,position", "--push_to_hub", "org/cf-coco"]
+    )  # fmt: skip
+    assert [c[:2] for c in calls] == [("create_repo", "org/cf-coco"), ("upload_folder", "org/cf-coco")]
+    assert calls[0][2] == {"repo_type": "dataset", "exist_ok": True}
+    upload = calls[1][2]
+    assert upload["repo_type"] == "dataset" and upload["folder_path"] == str(out)
+    # the resume bookkeeping and the LLM caches stay local; the README and data go up
+    assert set(upload["ignore_patterns"]) == {".progress/*", ".cache/*"}
+    assert (out / "README.md").exists() and list((out / "data").glob("val-r00000-*.parquet"))

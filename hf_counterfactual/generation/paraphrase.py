@@ -187,7 +187,6 @@ class LLMParaphraser(LLMStage):
 
     CACHE_FILE = "llm_paraphrases.jsonl"
 
-
     def __init__(
         self,
         model,

@@ -15,7 +15,10 @@
    edited pair; an image edit that fails keeps only its caption as a text-only negative.
 
 Every model stage is batched over the whole batch. Each item's randomness is seeded from its
-global index, so records do not depend on the batch size or on the number of processes. Outcomes
+global index, so records do not depend on the batch size or on the number of processes, up to
+floating-point rounding: batched kernels (inpainting, the CLIP filter) may round differently when
+items are grouped differently (another batch size, process count, a resume, a thread count), e.g.
++-1 grey level in a few pixels or the 7th digit of a score. The same grouping gives identical bytes. Outcomes
 are reported as per-item counters (``image_edit/...``, ``filter/<name>/passed|failed``, ...) that
 the :class:`~hf_counterfactual.generation.writer.ShardedRecordWriter` stores with the shards, so a
 dataset card can give filter pass rates for exactly the records written. Time per stage is kept in

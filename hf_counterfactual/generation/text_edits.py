@@ -784,7 +784,6 @@ class LLMConceptEditor(LLMStage):
 
     CACHE_FILE = "llm_concept_edits.jsonl"
 
-
     def __init__(
         self,
         model,

@@ -39,7 +39,9 @@ Resume protocol:
 Because shard boundaries depend only on the input (a shard closes after ``records_per_shard``
 records, a range always starts where the previous committed one ended), a resumed run writes the
 same shards, byte for byte in content, as an uninterrupted one, provided ``make_record`` is
-deterministic (seed it from the index).
+deterministic (seed it from the index). With :meth:`~ShardedRecordWriter.run_batched`, a resume
+regroups the items after the resume point into batches; batched model stages are then equal up to
+floating-point rounding unless ``batch_size`` divides the committed range.
 
 Bad input never kills the run and is never written: ``None``, :class:`SkipRecord`, any other
 exception, or a record failing :func:`~hf_counterfactual.features.validate_record` /
