@@ -108,7 +108,7 @@ def main() -> None:
               f"({args.num_inference_steps} steps, batch {args.inpainting_batch_size}); CLIP filter: {args.clip_filter_model}")
         print(f"\n{'stage':<12} {'seconds':>9} {'share':>7} {'items/s':>10}")
         for stage, row in report.items():
-            rate = f"{row['items_per_second']:>10.1f}" if row["seconds"] >= 1e-3 else f"{'-':>10}"  # off, or nothing to do
+            rate = f"{row['items_per_second']:>10.1f}" if row["seconds"] >= 1e-3 else f"{'-':>10}"  # under 1 ms: off or trivial
             print(f"{stage:<12} {row['seconds']:>9.3f} {100 * row['share']:>6.1f}% {rate}")
         write_seconds = total - pipeline_seconds
         print(f"{'write':<12} {write_seconds:>9.3f} {100 * write_seconds / total:>6.1f}% (of the end-to-end time)")
