@@ -32,6 +32,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,17 +207,13 @@ class CounterfactualGenerator:
 
     # ------------------------------------------------------------------------------ the batch
 
+    @contextmanager
     def _timed(self, stage: str):
-        generator = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                generator.timings[stage] += time.perf_counter() - self.start
-
-        return _Timer()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - start
 
     def make_records(self, indices: Sequence[int], items: Sequence[FactualItem]) -> list[GeneratedRecord | SkipRecord]:
         """One result per item: a :class:`GeneratedRecord` with its counters, or a counted
@@ -378,12 +375,14 @@ class CounterfactualGenerator:
             counts[i]["image_edit/inpainted"] += 1
             if image is None:
                 counts[i]["image_edit/no_output"] += 1
+                logger.info("no image for %r: the inpainting pipeline returned nothing usable", plan.edit.caption)
                 continue
             score = None
             if self.pixel_filter is not None:
                 result = self.pixel_filter(images[i], image, plan.mask)
                 counts[i][f"filter/pixel_change/{'passed' if result.passed else 'failed'}"] += 1
                 if not result.passed:
+                    logger.info("dropped the image of %r: %s", plan.edit.caption, result.reason)
                     continue
                 score = result.score
             else:
@@ -400,6 +399,8 @@ class CounterfactualGenerator:
                 counts[i][f"filter/image_text/{'passed' if result.passed else 'failed'}"] += 1
                 if result.passed:
                     kept.append((i, plan, image, result.score))
+                else:
+                    logger.info("dropped the image of %r: %s", plan.edit.caption, result.reason)
             survivors = kept
         for i, plan, image, score in survivors:
             counts[i]["image_edit/kept"] += 1
