@@ -157,6 +157,10 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
     """The stages the arguments ask for, models loaded with the ordinary ``from_pretrained``."""
     edits = _split(args.edits, TEXT_EDITS, "edits")
     image_edits = _split(args.image_edits, IMAGE_EDITS, "image_edits")
+    if args.detector_model and not args.inpainting_model:
+        raise ValueError("--detector_model needs --inpainting_model: detections only place image edits")
+    if args.segmenter_model and not args.detector_model:
+        raise ValueError("--segmenter_model needs --detector_model: it segments the detected boxes")
     cache_dir = args.cache_dir or os.path.join(args.output_dir, ".cache")
     dtype = _dtype(args.torch_dtype, device)
     editors = [RuleBasedEditor(pipeline=args.spacy_pipeline, kinds=edits, seed=args.seed)]
@@ -181,7 +185,7 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
         else:
             from diffusers import AutoPipelineForInpainting
 
-            pipe = AutoPipelineForInpainting.from_pretrained(args.inpainting_model, torch_dtype=dtype)
+            pipe = AutoPipelineForInpainting.from_pretrained(args.inpainting_model, dtype=dtype)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         inpainter = InpaintingEditor(

@@ -206,3 +206,49 @@ def test_push_to_hub_uploads_the_dataset_folder(coco, tmp_path, monkeypatch):
     # the resume bookkeeping and the LLM caches stay local; the README and data go up
     assert set(upload["ignore_patterns"]) == {".progress/*", ".cache/*"}
     assert (out / "README.md").exists() and list((out / "data").glob("val-r00000-*.parquet"))
+
+
+def test_saved_checkpoints_load_through_from_pretrained(coco, tmp_path):
+    """The real-checkpoint path (AutoPipelineForInpainting / AutoModel + AutoProcessor
+    .from_pretrained) on tiny checkpoints saved to disk."""
+    from hf_counterfactual.tiny_models import build_tiny_inpainting_pipeline
+
+    inpainting = tmp_path / "tiny-inpainting"
+    build_tiny_inpainting_pipeline("a an the green cup dog background".split()).save_pretrained(inpainting)
+    clip = save_tiny_clip(tmp_path / "tiny-clip")
+    out = tmp_path / "cf-coco"
+    stats = generate_cf_coco.main(
+        ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
+         "--edits", "attribute,object,count", "--inpainting_model", str(inpainting), "--num_inference_steps", "2",
+         "--clip_filter_model", clip, "--clip_threshold", "-1", "--max_images", "3"]
+    )["val"]  # fmt: skip
+    counts = stats["counts"]
+    assert counts["image_edit/inpainted"] > 0 and counts["filter/image_text/passed"] == counts["filter/pixel_change/passed"]
+    assert stats["sources"]["inpaint"] == counts["image_edit/kept"] - stats["sources"].get("box-inpaint", 0)
+    assert f"diffusion inpainting with {inpainting}" in (out / "README.md").read_text()
+
+
+def test_saved_detector_and_segmenter_load_through_from_pretrained(coco_without_instances, tmp_path):
+    """GroundedSegmenter.from_pretrained (AutoModelForZeroShotObjectDetection + SamModel, their
+    AutoProcessors) on tiny checkpoints saved to disk, through the driver's flags."""
+    from hf_counterfactual.tiny_models import build_tiny_grounding
+
+    detector, detector_processor, segmenter, segmenter_processor = build_tiny_grounding("a the cup cat woman man".split())
+    for model, processor, name in ((detector, detector_processor, "detector"), (segmenter, segmenter_processor, "sam")):
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    stats = _generate(coco_without_instances, tmp_path / "out", "--detector_model", str(tmp_path / "detector"),
+                      "--segmenter_model", str(tmp_path / "sam"), "--box_threshold", "0.0", "--inpainting_model", "tiny",
+                      "--num_inference_steps", "2")  # fmt: skip
+    assert stats["counts"]["grounding/detections"] > 0 and stats["sources"].get("inpaint", 0) > 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--detector_model", "tiny"], "--detector_model needs --inpainting_model"),
+     (["--inpainting_model", "tiny", "--segmenter_model", "tiny"], "--segmenter_model needs --detector_model"),
+     (["--image_edits", "position"], r"--image_edits: unknown kind\(s\) \['position'\]")],
+)  # fmt: skip
+def test_inconsistent_flags_are_errors(coco, tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message):
+        generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), *flags])
