@@ -277,3 +277,29 @@ def test_instance_mask_checks():
         Instance("cup", (0, 0, 7, 5)).get_mask((5, 5))
     assert Instance("cup", (0, 0, 5.6, 5)).get_mask((5, 5)).all()  # COCO rounding: up to a pixel over
     assert Instance("cup", (2, 2, 4, 4)).get_mask((5, 5)).sum() == 4
+
+
+def test_plural_object_edit_repaints_every_instance(items, editor):
+    """ "two cats ..." -> "two dogs ...": both cat instances are repainted in one call, prompt "dogs"."""
+    from hf_counterfactual.generation.pipeline import is_plural, names_category
+
+    cat = items[2]
+    width, height = Image.open(cat.image).size
+    left, right = (2.0, 5.0, width / 2 - 4, height - 5.0), (width / 2 + 4, 5.0, width - 2.0, height - 5.0)
+    two = FactualItem(cat.image, ["two cats sitting on a bed"], instances=[Instance("cat", left), Instance("cat", right)])
+    inpainter = PaintingInpainter()
+    generator = CounterfactualGenerator([editor], inpainter=inpainter, pixel_filter=PixelChangeFilter(), max_image_edits=8)
+    record = generator.make_records([0], [two])[0].record
+    objects = [cf for cf in image_cfs(record) if cf["edit"] == "object"]
+    assert objects, record["counterfactuals"]
+    call = inpainter.calls[0]
+    j = next(k for k, p in enumerate(call["prompts"]) if not p.startswith(("a ", "an ")) and p != "background")
+    expected = box_mask((width, height), left) | box_mask((width, height), right)
+    np.testing.assert_array_equal(call["masks"][j], expected)
+    new = call["prompts"][j]
+    assert new.endswith("s") and any(f"two {new} sitting on a bed" == cf["caption"] for cf in objects)
+    # the count edits of the same caption: 2 cats annotated -> "three cats" adds, "one cat" removes one
+    counts = [cf["caption"] for cf in image_cfs(record) if cf["edit"] == "count"]
+    assert "one cat sitting on a bed" in counts
+    assert is_plural("cats", "cat") and not is_plural("cat", "cat") and is_plural("men", "person")
+    assert not is_plural("man", "person") and not is_plural("sheep", "sheep") and names_category("women", "person")

@@ -54,11 +54,11 @@ STAGES = ("load", "text_edits", "paraphrases", "flip", "grounding", "inpainting"
 #: Edit kinds that an image edit can realise (the others stay text-only negatives).
 IMAGE_EDIT_KINDS = ("object", "attribute", "count")
 
-# Caption words that name a COCO "person" instance.
-PERSON_WORDS = frozenset(
-    "person people man men woman women boy boys girl girls child children kid kids lady ladies guy guys "
-    "player players skier skiers surfer surfers skateboarder skateboarders".split()
+# Caption words that name COCO "person" instances, singular and plural.
+PLURAL_PERSON_WORDS = frozenset(
+    "people men women boys girls children kids ladies guys players skiers surfers skateboarders".split()
 )
+PERSON_WORDS = PLURAL_PERSON_WORDS | frozenset("person man woman boy girl child kid lady guy player skier surfer skateboarder".split())
 
 
 @dataclass(eq=False)  # compared by identity: masks are arrays
@@ -143,6 +143,16 @@ def names_category(word: str, category: str) -> bool:
         return True
     head = category.split()[-1] if category else category
     return word in (category, head, pluralize(category), pluralize(head))
+
+
+def is_plural(word: str, category: str) -> bool:
+    """Whether the caption word ``word`` names several instances of ``category`` ("dogs" of "dog",
+    "men" of "person"). A word equal to the category (a detected phrase names itself) is singular."""
+    word, category = word.lower(), category.lower()
+    if category == "person":
+        return word in PLURAL_PERSON_WORDS
+    head = category.split()[-1]
+    return word != head and word in (pluralize(category), pluralize(head))
 
 
 class CounterfactualGenerator:
@@ -337,11 +347,15 @@ class CounterfactualGenerator:
     def _plan(self, edit: TextEdit, image, matching, instances, rng) -> _ImageEdit | None:
         size = image.size
         if edit.edit in ("object", "attribute"):
-            # The caption names one object; with several of its category, repaint the largest.
-            target = max(matching, key=lambda inst: (inst.box[2] - inst.box[0]) * (inst.box[3] - inst.box[1]))
-            mask = target.get_mask(size)
-            prompt = edit.phrase or self._noun_phrase(edit)
-            return _ImageEdit(edit, mask, prompt, "inpaint")
+            plural = is_plural(edit.target, matching[0].category)
+            if plural:
+                # "two dogs" -> "two cats": every instance changes, in one inpainting over their union
+                mask = np.logical_or.reduce([inst.get_mask(size) for inst in matching])
+            else:
+                # The caption names one object; with several of its category, repaint the largest.
+                target = max(matching, key=lambda inst: (inst.box[2] - inst.box[0]) * (inst.box[3] - inst.box[1]))
+                mask = target.get_mask(size)
+            return _ImageEdit(edit, mask, edit.phrase or self._noun_phrase(edit, plural), "inpaint")
         # count: the caption's number must agree with the annotations before one is removed/added
         old, new = _count_of(edit.old), _count_of(edit.new)
         if old is None or new is None or old != len(matching) or abs(new - old) != 1:
@@ -361,10 +375,11 @@ class CounterfactualGenerator:
         return _ImageEdit(edit, additions[0].mask, f"{indefinite_article(singular)} {singular}", "box-inpaint")
 
     @staticmethod
-    def _noun_phrase(edit: TextEdit) -> str:
-        """The prompt of a rule edit: "a dog" (object), "a green cup" (attribute)."""
+    def _noun_phrase(edit: TextEdit, plural: bool) -> str:
+        """The prompt of a rule edit: "a dog" / "cats" (object), "a green cup" / "green apples"
+        (attribute)."""
         phrase = edit.new if edit.edit == "object" else f"{edit.new} {edit.target}"
-        return f"{indefinite_article(phrase.split()[0])} {phrase}"
+        return phrase if plural else f"{indefinite_article(phrase.split()[0])} {phrase}"
 
     # ------------------------------------------------------------------------------ filters
 
