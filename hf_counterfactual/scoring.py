@@ -55,7 +55,9 @@ class CLIPScorer:
         chunks = []
         for chunk in self._batches(images, "Encoding images"):
             pixel_values = self.processor.image_processor(list(chunk), return_tensors="pt")["pixel_values"]
-            features = self.model.get_image_features(pixel_values=pixel_values.to(self.device)).pooler_output
+            # The model's dtype, not the processor's float32: CLIP casts inside, not every vision tower does.
+            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
+            features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
             chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks)
 

@@ -48,6 +48,18 @@ def test_grids_match_a_direct_forward(scenes):
     np.testing.assert_allclose(grids[5], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_half_precision_model_scores_like_float32(scenes):
+    """A bfloat16 CLIP (what a GPU user loads) scores as float32 does, up to bfloat16 rounding
+    (8-bit mantissas through every layer: a few percent of the score range)."""
+    records, _ = scenes
+    model, processor, _ = get_dummy_components()
+    benchmark = counterfactual_records_benchmark(records)
+    full = score_benchmark(CLIPScorer(model, processor, show_progress=False), benchmark)
+    half = score_benchmark(CLIPScorer(model.to(torch.bfloat16), processor, show_progress=False), benchmark)
+    for a, b in zip(full, half):
+        np.testing.assert_allclose(b, a, atol=0.1 * np.abs(a).max() + 1e-3)
+
+
 def test_each_distinct_image_is_loaded_once():
     loads = []
 
