@@ -101,6 +101,14 @@ def main() -> None:
             )
         print("RESULT " + json.dumps(result), flush=True)
 
+    # Tear the process group down before the interpreter does: leaving it to exit-time destructors
+    # aborted a rank now and then ("terminate called without an active exception", exit -6).
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
 
 if __name__ == "__main__":
     main()
