@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Counterfactual records from a COCO-format dataset: text edits, flips, inpainted objects and counts.
+"""Counterfactual records from image-caption data: text edits, flips, inpainted objects and counts.
 
-Reads ``{coco_root}/annotations/captions_{split}2017.json`` (and ``instances_{split}2017.json`` when
-present) and the images in ``{coco_root}/{split}2017/``. For each image the first caption is the
-factual caption and the others its paraphrases. Counterfactuals, in the stages of
+Reads a COCO-format folder (``--coco_root``: ``annotations/captions_{split}2017.json``, and
+``instances_{split}2017.json`` when present, and the images in ``{split}2017/``) or any ``datasets``
+image-caption dataset (``--dataset_name``, e.g. Flickr30k: an image column and a caption column
+holding a string or a list of strings; no instance annotations, so image edits need a detector).
+For each image the first caption is the factual caption and the others its paraphrases. Counterfactuals, in the stages of
 :class:`hf_counterfactual.generation.CounterfactualGenerator`:
 
 - text edits: rules on a spaCy parse (``--edits``), optionally an LLM concept editor (``--llm_model``);
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
@@ -59,8 +62,12 @@ TINY = "tiny"
 
 @dataclass
 class GenerationArguments:
-    coco_root: str = field(metadata={"help": "Folder holding annotations/captions_{split}2017.json and {split}2017/."})
-    split: str = field(default="train", metadata={"help": "COCO split: train or val."})
+    coco_root: str | None = field(default=None, metadata={"help": "Folder holding annotations/captions_{split}2017.json and {split}2017/."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Or: a datasets image-caption dataset (Hub id or local folder)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    image_column: str = field(default="image", metadata={"help": "With --dataset_name: the image column."})
+    caption_column: str = field(default="caption", metadata={"help": "With --dataset_name: the caption column (a string or a list of strings)."})
+    split: str = field(default="train", metadata={"help": "COCO split (train or val) or the dataset's split."})
     output_dir: str = field(default="cf-coco", metadata={"help": "Where the Parquet shards and README.md go."})
     edits: str = field(default="attribute,object,relation,position,count", metadata={"help": f"Comma-separated, from {TEXT_EDITS}."})
     spacy_pipeline: str = field(default="en_core_web_sm", metadata={"help": "An installed English spaCy pipeline."})
@@ -143,6 +150,40 @@ def load_coco(coco_root: str, split: str, max_images: int | None = None) -> list
         )
         for image_id in image_ids
     ]
+
+
+class DatasetItems(Sequence):
+    """A ``datasets`` image-caption split seen as :class:`FactualItem` s, row by row (nothing is
+    decoded before a process reaches its own block)."""
+
+    def __init__(self, dataset, image_column: str, caption_column: str):
+        missing = [c for c in (image_column, caption_column) if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"column(s) {missing} not in the dataset; it has {dataset.column_names} (set --image_column / --caption_column)")
+        self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> FactualItem:
+        row = self.dataset[index]
+        captions = row[self.caption_column]
+        captions = [captions] if isinstance(captions, str) else [c for c in (captions or []) if isinstance(c, str)]
+        return FactualItem(image=row[self.image_column], captions=captions, instances=None, id=index)
+
+
+def load_image_captions(args: GenerationArguments) -> Sequence[FactualItem]:
+    """The input items: a COCO-format folder or a ``datasets`` dataset (exactly one of them)."""
+    if (args.coco_root is None) == (args.dataset_name is None):
+        raise ValueError("give exactly one of --coco_root (a COCO-format folder) and --dataset_name (a datasets dataset)")
+    if args.coco_root is not None:
+        return load_coco(args.coco_root, args.split, args.max_images)
+    from datasets import load_dataset
+
+    dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.split)
+    if args.max_images is not None:
+        dataset = dataset.select(range(min(args.max_images, len(dataset))))
+    return DatasetItems(dataset, args.image_column, args.caption_column)
 
 
 def _dtype(name: str, device):
@@ -265,6 +306,13 @@ def dataset_card(args: GenerationArguments, annotated: bool = True):
     """The README body, given the writer's merged stats (edit counts, skip reasons, filter counts);
     ``annotated``: the input had instance annotations (else masks came from the detector)."""
 
+    if args.coco_root is not None:
+        source, split = "COCO", f"{args.split}2017"
+        licence = "Licence: COCO annotations are CC BY 4.0; the images keep their Flickr licences (see cocodataset.org)."
+    else:
+        source, split = args.dataset_name, args.split
+        licence = f"Licence: that of the source dataset, {args.dataset_name}: see its card."
+
     def card(stats: dict) -> str:
         s = stats[args.split]
         counts = s.get("counts", {})
@@ -292,13 +340,13 @@ def dataset_card(args: GenerationArguments, annotated: bool = True):
                            + (f", beating the original caption by {args.clip_margin}" if args.clip_margin is not None else ""))
         lines = [
             "---",
-            "license: cc-by-4.0",
+            f"license: {'cc-by-4.0' if args.coco_root is not None else 'other'}",
             "tags: [counterfactual, compositionality, hf-counterfactual]",
             "---",
             "",
-            "# Counterfactual COCO captions",
+            f"# Counterfactual {source} captions",
             "",
-            f"Made with hf-counterfactual's `examples/generate_cf_coco.py` from COCO {args.split}2017 (seed {args.seed}): "
+            f"Made with hf-counterfactual's `examples/generate_cf_coco.py` from {source} {split} (seed {args.seed}): "
             "the first caption of each image is the factual caption, the others are paraphrases; counterfactuals are "
             + "; ".join(made_with) + ".",
             "",
@@ -312,7 +360,7 @@ def dataset_card(args: GenerationArguments, annotated: bool = True):
             lines.append(f"- filter pass rates: {json.dumps(pass_rates(counts), sort_keys=True)}")
         if counts:
             lines.append(f"- stage counters: {json.dumps(counts, sort_keys=True)}")
-        lines += ["", "Licence: COCO annotations are CC BY 4.0; the images keep their Flickr licences (see cocodataset.org)."]
+        lines += ["", licence]
         return "\n".join(lines) + "\n"
 
     return card
@@ -322,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     state = PartialState(cpu=args.use_cpu)
-    items = load_coco(args.coco_root, args.split, args.max_images)
+    items = load_image_captions(args)
     generator = build_generator(args, state.device)
     writer = ShardedRecordWriter(
         args.output_dir, split=args.split, records_per_shard=args.records_per_shard, rank=state.process_index, world_size=state.num_processes

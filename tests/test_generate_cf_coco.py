@@ -252,3 +252,39 @@ def test_saved_detector_and_segmenter_load_through_from_pretrained(coco_without_
 def test_inconsistent_flags_are_errors(coco, tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
         generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), *flags])
+
+
+def test_any_image_caption_dataset_through_the_grounding_path(coco, tmp_path):
+    """--dataset_name: a datasets image-caption dataset (here a local Parquet folder of the photos,
+    a list-of-captions column as in Flickr30k); no annotations, so objects come from the detector."""
+    import datasets
+
+    from generation_fixtures import ITEMS
+
+    rows = [(image_id, captions) for image_id, (name, captions, _) in ITEMS.items() if name is not None][:4]
+    source = datasets.Dataset.from_dict(
+        {"img": [str(coco / "val2017" / f"{i:012d}.jpg") for i, _ in rows], "sentences": [c for _, c in rows]},
+        features=datasets.Features({"img": datasets.Image(), "sentences": datasets.List(datasets.Value("string"))}),
+    )
+    (tmp_path / "flickr-like" / "data").mkdir(parents=True)
+    source.to_parquet(str(tmp_path / "flickr-like" / "data" / "test-00000.parquet"))
+    out = tmp_path / "out"
+    stats = generate_cf_coco.main(
+        ["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
+         "--caption_column", "sentences", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
+         "--edits", "attribute,object,position,count", "--inpainting_model", "tiny", "--num_inference_steps", "2",
+         "--detector_model", "tiny", "--box_threshold", "0.0"]
+    )["test"]  # fmt: skip
+    assert stats["num_items"] == 4 and stats["num_records"] == 4
+    assert stats["counts"]["grounding/detections"] > 0 and stats["sources"].get("inpaint", 0) > 0
+    records = datasets.load_dataset(str(out))["test"]
+    assert [r["caption"] for r in records] == [c[0] for _, c in rows]
+    assert records[0]["paraphrases"] == rows[0][1][1:]
+    card = (out / "README.md").read_text()
+    assert f"from {tmp_path / 'flickr-like'} test" in card and "license: other" in card and "COCO instance masks" not in card
+
+    with pytest.raises(ValueError, match="exactly one of --coco_root"):
+        generate_cf_coco.main(["--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match=r"column\(s\) \['caption'\] not in the dataset"):
+        generate_cf_coco.main(["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
+                               "--output_dir", str(tmp_path / "o2")])  # fmt: skip
