@@ -38,6 +38,22 @@ def build_word_level_tokenizer(words: Iterable[str], model_max_length: int = 32)
     )
 
 
+def _text_config(tokenizer: PreTrainedTokenizerFast, **fields) -> dict:
+    """A CLIP-style text config dict sized for ``tokenizer``, with its special token ids.
+
+    CLIP (and OWL, and Stable Diffusion's text encoder) pools the text at the first
+    ``eos_token_id``: the default ids (49406/49407) would silently pool position 0.
+    """
+    return dict(
+        fields,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def tiny_clip_config(
     tokenizer: PreTrainedTokenizerFast,
     image_size: int = 32,
@@ -46,11 +62,8 @@ def tiny_clip_config(
     num_hidden_layers: int = 2,
     projection_dim: int = 64,
 ) -> CLIPConfig:
-    """A CLIP config small enough to train on a laptop CPU in minutes.
-
-    The text config takes its special token ids from ``tokenizer``: CLIP pools the text at the
-    first ``eos_token_id``, and the default ids (49406/49407) would silently pool position 0.
-    """
+    """A CLIP config small enough to train on a laptop CPU in minutes; the text config takes its
+    special token ids from ``tokenizer`` (see :func:`_text_config`)."""
     common = dict(
         hidden_size=hidden_size,
         intermediate_size=4 * hidden_size,
@@ -58,14 +71,7 @@ def tiny_clip_config(
         num_attention_heads=max(1, hidden_size // 32),
         projection_dim=projection_dim,
     )
-    text_config = dict(
-        common,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    text_config = _text_config(tokenizer, **common)
     vision_config = dict(common, image_size=image_size, patch_size=patch_size)
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
 
@@ -143,16 +149,9 @@ def build_tiny_inpainting_pipeline(words: Iterable[str], seed: int = 0):
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                hidden_size=32,
-                intermediate_size=37,
-                layer_norm_eps=1e-05,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
+                **_text_config(
+                    tokenizer, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2
+                )
             )
         )
     pipe = StableDiffusionInpaintPipeline(
@@ -263,14 +262,7 @@ def _tiny_owl_detector(words: Iterable[str], image_size: int, patch_size: int, d
     processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     config = config_class(
-        text_config=dict(
-            common,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=tokenizer.model_max_length,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        text_config=_text_config(tokenizer, **common),
         vision_config=dict(common, image_size=image_size, patch_size=patch_size),
         projection_dim=32,
     )
