@@ -15,7 +15,6 @@ output when it fails. Launchers on a machine without GPUs:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,20 +32,6 @@ ACCELERATE = [
     "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
     "--mixed_precision", "no", "--dynamo_backend", "no",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def subprocess_env(tmp_path_factory) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_HOME=str(tmp_path_factory.getbasetemp() / "hf_home"),
-        OMP_NUM_THREADS="1",  # 2 processes on a small machine
-        TOKENIZERS_PARALLELISM="false",
-    )
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    return env
 
 
 def run_command(cmd: list[str], env: dict[str, str], timeout: int = TIMEOUT) -> str:

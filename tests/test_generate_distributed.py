@@ -125,20 +125,6 @@ def assert_same_rows(expected: list[dict], actual: list[dict]) -> None:
 
 
 @pytest.fixture(scope="module")
-def subprocess_env(tmp_path_factory) -> dict[str, str]:
-    """As in test_distributed.py: offline, a test HF_HOME, one thread per process (2 on 2 cores)."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_HOME=str(tmp_path_factory.getbasetemp() / "hf_home"),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
-
-
-@pytest.fixture(scope="module")
 def coco(tmp_path_factory) -> Path:
     return write_coco_photos(tmp_path_factory.mktemp("coco"))
 
