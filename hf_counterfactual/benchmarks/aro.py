@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import file_benchmark, read_json, xywh_box
+from .files import file_benchmark, read_json, require_strings, xywh_box
 
 # The relations that the ARO repository leaves out of VG-Relation's macro accuracy
 # (``symmetric`` in notebooks/"Replicate ARO! VG-Relation, VG-Attribution.ipynb" of
@@ -60,11 +60,7 @@ _SOURCE = "ARO (Yuksekgonul et al. 2023), github.com/mertyg/vision-language-mode
 
 def _crop_example(path: str, index: int, row: Any, subset: str) -> MatchingExample:
     here = f"{path}, row {index}"
-    if not isinstance(row, Mapping):
-        raise ValueError(f"{here}: expected an object, got {type(row).__name__}")
-    for key in ("image_path", "true_caption", "false_caption"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise ValueError(f"{here}: {key!r} must be a non-empty string, got {row.get(key)!r}")
+    require_strings(row, ("image_path", "true_caption", "false_caption"), here)
     box = xywh_box(row.get("bbox_x"), row.get("bbox_y"), row.get("bbox_w"), row.get("bbox_h"), here)
     return MatchingExample(
         id=str(index),

@@ -60,6 +60,16 @@ def read_json(path: str | os.PathLike, what: str, expected: type | tuple[type, .
     return data
 
 
+def require_strings(row, keys: Iterable[str], where: str) -> None:
+    """Checks that the annotation ``row`` is an object whose ``keys`` hold non-empty strings;
+    ``where`` names the file and row in the ValueError."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
+    for key in keys:
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise ValueError(f"{where}: {key!r} must be a non-empty string, got {row.get(key)!r}")
+
+
 def xywh_box(x, y, w, h, where: str) -> Box:
     """``(left, top, right, bottom)`` of the box ``x, y, w, h`` (ARO's ``bbox_*`` fields), checked
     to be numbers with ``x, y >= 0`` and ``w, h > 0``; ``where`` names the row in errors."""

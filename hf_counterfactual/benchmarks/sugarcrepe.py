@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import file_benchmark, read_json
+from .files import file_benchmark, read_json, require_strings
 
 SUGARCREPE_SUBSETS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
 
@@ -60,11 +60,7 @@ def sugarcrepe_benchmark(
         entries = read_json(path, "SugarCrepe annotation file", dict)
         for entry_id, entry in entries.items():
             here = f"{path}, id {entry_id!r}"
-            if not isinstance(entry, dict):
-                raise ValueError(f"{here}: expected an object, got {type(entry).__name__}")
-            for key in ("filename", "caption", "negative_caption"):
-                if not isinstance(entry.get(key), str) or not entry[key].strip():
-                    raise ValueError(f"{here}: {key!r} must be a non-empty string, got {entry.get(key)!r}")
+            require_strings(entry, ("filename", "caption", "negative_caption"), here)
             ref = (entry["filename"], None)
             where.setdefault(ref, here)
             examples.append(

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from numbers import Real
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import annotation_files, file_benchmark, read_json
+from .files import annotation_files, file_benchmark, read_json, require_strings
 
 # file name (without .json, "_" read as "-") -> the VALSE piece it belongs to (the paper's Table 1)
 VALSE_PIECES = {
@@ -110,11 +110,7 @@ def valse_benchmark(
         invalid[path] = 0
         for entry_id, entry in entries.items():
             here = f"{path}, id {entry_id!r}"
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"{here}: expected an object, got {type(entry).__name__}")
-            for key in ("dataset", "image_file", "caption"):
-                if not isinstance(entry.get(key), str) or not entry[key].strip():
-                    raise ValueError(f"{here}: {key!r} must be a non-empty string, got {entry.get(key)!r}")
+            require_strings(entry, ("dataset", "image_file", "caption"), here)
             if "foil" in entry:
                 foils = [entry["foil"]]
             elif "foils" in entry and isinstance(entry["foils"], list) and entry["foils"]:
