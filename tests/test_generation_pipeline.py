@@ -303,3 +303,15 @@ def test_plural_object_edit_repaints_every_instance(items, editor):
     assert "one cat sitting on a bed" in counts
     assert is_plural("cats", "cat") and not is_plural("cat", "cat") and is_plural("men", "person")
     assert not is_plural("man", "person") and not is_plural("sheep", "sheep") and names_category("women", "person")
+
+
+def test_lazy_instance_mask_is_decoded_once():
+    calls = []
+
+    def decode():
+        calls.append(1)
+        return np.ones((5, 5), dtype=bool)
+
+    inst = Instance("cup", (0, 0, 5, 5), mask=decode)
+    assert inst.get_mask((5, 5)).all() and inst.get_mask((5, 5)).all()
+    assert calls == [1]

@@ -68,8 +68,8 @@ class Instance:
     Attributes:
         category: its category name ("dog", "person", or a detected phrase).
         box: ``(x0, y0, x1, y1)`` in pixels.
-        mask: a boolean ``[height, width]`` mask, a function returning one (computed only when an
-            edit needs it: COCO polygons are cheap to keep, masks are not), or None for the box.
+        mask: a boolean ``[height, width]`` mask, a function returning one (called once, when an
+            edit first needs it: COCO polygons are cheap to keep, masks are not), or None for the box.
     """
 
     category: str
@@ -84,7 +84,9 @@ class Instance:
         # COCO boxes are floats and may overshoot the border by rounding: allow one pixel.
         if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1 or not (x1 > x0 and y1 > y0):
             raise ValueError(f"box {tuple(self.box)} of {self.category!r} lies outside the {width}x{height} image")
-        mask = self.mask() if callable(self.mask) else self.mask
+        if callable(self.mask):  # decode once: an object and a count edit may both need it
+            self.mask = self.mask()
+        mask = self.mask
         if mask is None:
             return box_mask(size, (max(0, x0), max(0, y0), min(width, x1), min(height, y1)))
         mask = np.asarray(mask, dtype=bool)

@@ -39,7 +39,7 @@ from ..benchmarks.aro import (
     shuffle_trigrams,
     shuffle_within_trigrams,
 )
-from .llm import LLMStage, prompt_hash
+from .llm import LLMStage
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -801,10 +801,6 @@ class LLMConceptEditor(LLMStage):
         """The few-shot prompt for ``caption``, ending in "Old:" (what the model continues)."""
         examples = "\n".join(_format_example(e) for e in self.few_shot)
         return f"{_INSTRUCTION}\n\n{examples}\nCaption: {caption.strip()}\nOld:"
-
-    @staticmethod
-    def _hash(prompt: str) -> str:
-        return prompt_hash(prompt)
 
     def edit(self, caption: str) -> list[TextEdit]:
         """:meth:`edit_batch` for one caption."""
