@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hf_counterfactual.generation.filters import FilterResult, ImageTextMatchFilter, PixelChangeFilter, pixel_change

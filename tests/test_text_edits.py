@@ -242,7 +242,6 @@ def test_prompt_shape():
 
 
 def test_llm_end_to_end_tiny_random_model(tmp_path):
-    torch = pytest.importorskip("torch")
     from hf_counterfactual.tiny_models import build_tiny_causal_lm
 
     words = "a the dog cat man horse on in of caption old new phrase : . , with white black riding".split()
