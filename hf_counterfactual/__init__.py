@@ -13,6 +13,7 @@ _EXPORTS = {
     "COUNTERFACTUAL_FEATURES": "features",
     "EDIT_KINDS": "features",
     "InvalidRecordError": "features",
+    "normalize_caption": "features",
     "validate_record": "features",
     "CounterfactualCollator": "collator",
     "CLIPScorer": "scoring",
@@ -47,7 +48,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .collator import CounterfactualCollator
     from .benchmarks import MatchingBenchmark, MatchingExample, evaluate_benchmark, format_results
-    from .features import COUNTERFACTUAL_FEATURES, EDIT_KINDS, InvalidRecordError, validate_record
+    from .features import COUNTERFACTUAL_FEATURES, EDIT_KINDS, InvalidRecordError, normalize_caption, validate_record
     from .metrics import winoground_metrics, winoground_scores
     from .objectives import OBJECTIVE_PRESETS, CounterfactualObjective
     from .scoring import CLIPScorer, similarity

@@ -43,6 +43,17 @@ COUNTERFACTUAL_FEATURES = Features(
 )
 
 
+def normalize_caption(text: str) -> str:
+    """``text`` as captions are compared: casefolded, whitespace collapsed to single spaces, stripped.
+
+    Text encoders see "A dog" and "a  dog" as the same caption (CLIP's tokenizer lowercases and
+    splits on whitespace), so a counterfactual or a duplicate is decided on this form, never on the
+    raw string. A tokenizer may merge still more (punctuation): the collator also merges texts with
+    equal token ids.
+    """
+    return " ".join(text.casefold().split())
+
+
 class InvalidRecordError(ValueError):
     """A record does not follow the counterfactual schema. The message names the row and field."""
 
@@ -56,6 +67,9 @@ def _is_image(value: Any) -> bool:
 
 def validate_record(record: Mapping[str, Any], row: int | str | None = None, *, min_counterfactuals: int = 0) -> None:
     """Checks one record against the schema and raises :class:`InvalidRecordError` naming the row and field.
+
+    A counterfactual caption equal to the caption or a paraphrase under :func:`normalize_caption`
+    (case and whitespace ignored) is an error: the model would see it as a negative of itself.
 
     Args:
         record: a mapping with the fields of :data:`COUNTERFACTUAL_FEATURES`.
@@ -85,13 +99,16 @@ def validate_record(record: Mapping[str, Any], row: int | str | None = None, *, 
             "counterfactuals",
             f"has {len(counterfactuals)} counterfactual(s), at least {min_counterfactuals} are required",
         )
-    true_captions = {caption.strip(), *(p.strip() for p in record.get("paraphrases") or [])}
+    true_captions = {normalize_caption(c) for c in (caption, *(record.get("paraphrases") or []))}
     for i, cf in enumerate(counterfactuals):
         cf_caption = cf.get("caption")
         if not isinstance(cf_caption, str) or not cf_caption.strip():
             fail(f"counterfactuals[{i}].caption", f"expected a non-empty string, got {cf_caption!r}")
-        if cf_caption.strip() in true_captions:
-            fail(f"counterfactuals[{i}].caption", f"{cf_caption!r} is also a true caption (the caption or a paraphrase)")
+        if normalize_caption(cf_caption) in true_captions:
+            fail(
+                f"counterfactuals[{i}].caption",
+                f"{cf_caption!r} is also a true caption (the caption or a paraphrase, up to case and whitespace)",
+            )
         if cf.get("image") is not None and not _is_image(cf["image"]):
             fail(f"counterfactuals[{i}].image", f"expected an image or None, got {type(cf['image']).__name__}")
         for name in ("edit", "source"):

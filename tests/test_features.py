@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from hf_counterfactual import COUNTERFACTUAL_FEATURES, InvalidRecordError, validate_record
+from hf_counterfactual import COUNTERFACTUAL_FEATURES, InvalidRecordError, normalize_caption, validate_record
 
 
 def record(**overrides):
@@ -29,6 +29,9 @@ def test_a_good_record_passes_and_encodes():
         ({"paraphrases": ["ok", 3]}, r"row 7, field 'paraphrases\[1\]'"),
         ({"counterfactuals": [{"caption": "a red circle", "image": None, "edit": "x", "source": "y"}]}, r"counterfactuals\[0\].caption.*also a true caption"),
         ({"counterfactuals": [{"caption": "one red circle", "image": None, "edit": "x", "source": "y"}]}, r"also a true caption"),
+        # The same caption up to case and whitespace: the same token ids, so a negative of itself.
+        ({"counterfactuals": [{"caption": "A  Red\tcircle ", "image": None, "edit": "x", "source": "y"}]}, r"row 7, field 'counterfactuals\[0\].caption'.*also a true caption.*up to case and whitespace"),
+        ({"counterfactuals": [{"caption": "ONE red  circle", "image": None, "edit": "x", "source": "y"}]}, r"counterfactuals\[0\].caption.*also a true caption"),
         ({"counterfactuals": [{"caption": "a blue circle", "image": "x.png", "edit": "x", "source": "y"}]}, r"counterfactuals\[0\].image"),
         ({"counterfactuals": [{"caption": "a blue circle", "image": None, "edit": "", "source": "y"}]}, r"counterfactuals\[0\].edit"),
     ],
@@ -41,3 +44,15 @@ def test_bad_records_name_row_and_field(overrides, message):
 def test_too_few_counterfactuals():
     with pytest.raises(InvalidRecordError, match=r"has 1 counterfactual\(s\), at least 4 are required"):
         validate_record(record(), min_counterfactuals=4)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("A dog", "a dog"), ("  a \t dog\n", "a dog"), ("a  Black DOG", "a black dog"), ("Straße", "strasse"), ("a dog.", "a dog.")],
+)
+def test_normalize_caption_casefolds_and_collapses_whitespace(text, expected):
+    assert normalize_caption(text) == expected
+
+
+def test_captions_that_differ_in_words_still_pass():
+    validate_record(record(counterfactuals=[{"caption": "a red  square", "image": None, "edit": "x", "source": "y"}]), row=0)
