@@ -25,6 +25,7 @@ from hf_counterfactual.generation import (
     box_mask,
 )
 from hf_counterfactual.generation.image_edits import _dilate
+from hf_counterfactual.generation.text_edits import TextEdit
 from generation_fixtures import english_pipeline, write_coco_photos
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -315,3 +316,25 @@ def test_lazy_instance_mask_is_decoded_once():
     inst = Instance("cup", (0, 0, 5, 5), mask=decode)
     assert inst.get_mask((5, 5)).all() and inst.get_mask((5, 5)).all()
     assert calls == [1]
+
+
+def test_candidates_equal_to_a_true_caption_or_each_other_up_to_case_and_whitespace_are_dropped_and_counted():
+    """The model sees "A dog" and "a  dog" as one caption: neither may be a counterfactual of the other."""
+
+    class ScriptedEditor:
+        def edit_batch(self, captions):
+            edits = ["A  dog on a BED", "a dog lying on a bed", "a cat on a bed", "a cat  on a Bed", "a dog under a bed"]
+            return [[TextEdit(caption=c, edit="object", source="rule") for c in edits] for _ in captions]
+
+    class EchoParaphraser:
+        def paraphrase_batch(self, captions):
+            return [[c.upper(), f"{c}  indoors"] for c in captions]
+
+    item = FactualItem(image=Image.new("RGB", (16, 16)), captions=["a dog on a bed", "A dog lying on a  bed"])
+    generator = CounterfactualGenerator([ScriptedEditor()], paraphraser=EchoParaphraser(), min_paraphrases=2)
+    result = generator.make_records([0], [item])[0]
+    assert result.record["paraphrases"] == ["A dog lying on a  bed", "a dog on a bed  indoors"]  # the upper-cased echo is the caption
+    assert [cf["caption"] for cf in result.record["counterfactuals"]] == ["a cat on a bed", "a dog under a bed"]
+    assert result.counts["counterfactual/dropped: true caption"] == 2
+    assert result.counts["counterfactual/dropped: duplicate"] == 1
+    assert result.counts["paraphrase/generated"] == 1

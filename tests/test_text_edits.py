@@ -4,6 +4,7 @@ rejection, cache; one end-to-end call with a tiny random causal LM)."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -164,6 +165,53 @@ def test_order_reuses_aro_shuffles(nlp):
         assert sorted(e.caption.split()) == sorted("a man riding a horse on the beach".split())
 
 
+# COCO-like captions; the fuzz below puts a double space between two of their words, as some
+# COCO captions have.
+FUZZ_CAPTIONS = [c for c, _ in TABLE if len(c.split()) > 2] + [
+    "A woman holding an umbrella in the rain.", "a plate of food with broccoli and rice",
+    "A train traveling down the tracks next to a platform.", "a little girl flying a kite on the beach",
+    "A bathroom with a white sink and a mirror.", "a bird sitting on a tree branch",
+]
+
+
+def with_double_space(caption: str, rng: random.Random) -> str:
+    words = caption.split()
+    i = rng.randrange(1, len(words))
+    return " ".join(words[:i]) + "  " + " ".join(words[i:])
+
+
+def test_no_edit_equals_its_caption_up_to_case_and_whitespace_fuzz(nlp):
+    """The order shuffles rejoin words with one space: an identity shuffle of a caption with an inner
+    double space used to come out as an "edit" with the very same tokens."""
+    rng = random.Random(0)
+    captions = [with_double_space(c, rng) for c in FUZZ_CAPTIONS for _ in range(10)]
+    editor = RuleBasedEditor(nlp=nlp, seed=0)
+    same = []
+    for caption, edits in zip(captions, editor.edit_batch(captions)):
+        # Naive reference of "the same caption to the model": lowercase words, any whitespace.
+        forms = [e.caption.lower().split() for e in edits]
+        same += [(caption, e.caption) for e, form in zip(edits, forms) if form == caption.lower().split()]
+        assert len({tuple(f) for f in forms}) == len(forms), (caption, [e.caption for e in edits])
+    assert same == []
+    order_edits = sum(e.edit == "order" for edits in editor.edit_batch(captions) for e in edits)
+    assert order_edits > len(captions)  # the shuffles still run (and retry instead of giving up)
+
+
+def test_candidates_equal_up_to_case_and_whitespace_are_dropped_and_counted(nlp):
+    class Scripted(RuleBasedEditor):
+        def _relation(self, doc, rng):
+            return [
+                ("A  DOG chasing a cat", "", "", ""),  # the caption itself to the model
+                ("a dog fleeing a cat", "chasing", "fleeing", ""),
+                ("a dog fleeing\ta CAT", "chasing", "fleeing", ""),  # the edit above again
+            ]
+
+    editor = Scripted(nlp=nlp, kinds=("relation",))
+    edits = editor.edit("a dog chasing a cat")
+    assert [e.caption for e in edits] == ["a dog fleeing a cat"]
+    assert editor.stats == {"rejected_same_as_caption": 1, "rejected_duplicate": 1}
+
+
 def test_kinds_validated(nlp):
     with pytest.raises(ValueError):
         RuleBasedEditor(nlp=nlp, kinds=("negation",))
@@ -204,6 +252,8 @@ REPLIES = {
     "a boat on a lake": " giraffe\nNew: zebra\nPhrase: a zebra",
     "a cake on a plate": "no idea",
     "a red apple": " red apple\nNew: green apple\nPhrase: a shiny green apple",
+    # only case and whitespace change: the same caption to the model
+    "a black dog": " black dog\nNew: Black  dog\nPhrase: a dog",
 }
 
 
@@ -215,9 +265,9 @@ def test_llm_parsing_rejection_and_cache(tmp_path):
     assert out[1][0].caption == "a man holding a banana"  # "an" -> "a"
     assert out[7][0].caption == "a green apple" and out[7][0].edit == "attribute"
     assert out[1][0].target == "umbrella" and out[7][0].target == "apple"  # last word of old
-    assert [len(o) for o in out] == [1, 1, 0, 0, 0, 0, 0, 1]
+    assert [len(o) for o in out] == [1, 1, 0, 0, 0, 0, 0, 1, 0]
     assert stub.stats["rejected_empty"] == 1 and stub.stats["rejected_too_long"] == 1
-    assert stub.stats["rejected_unchanged"] == 1 and stub.stats["rejected_not_in_caption"] == 1
+    assert stub.stats["rejected_unchanged"] == 2 and stub.stats["rejected_not_in_caption"] == 1
     assert stub.stats["rejected_unparsed"] == 1 and stub.stats["accepted"] == 3
     assert stub.calls == len(captions)
     lines = (tmp_path / LLMConceptEditor.CACHE_FILE).read_text().splitlines()

@@ -19,7 +19,9 @@ global index, so records do not depend on the batch size or on the number of pro
 floating-point rounding: batched kernels (inpainting, the CLIP filter) may round differently when
 items are grouped differently (another batch size, process count, a resume, a thread count), e.g.
 +-1 grey level in a few pixels or the 7th digit of a score. The same grouping gives identical bytes. Outcomes
-are reported as per-item counters (``image_edit/...``, ``filter/<name>/passed|failed``, ...) that
+are reported as per-item counters (``image_edit/...``, ``filter/<name>/passed|failed``,
+``counterfactual/dropped: true caption|duplicate`` for candidates equal, up to case and whitespace,
+to a true caption or to an earlier candidate, ...) that
 the :class:`~hf_counterfactual.generation.writer.ShardedRecordWriter` stores with the shards, so a
 dataset card can give filter pass rates for exactly the records written. Time per stage is kept in
 :attr:`CounterfactualGenerator.timings`.
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..features import normalize_caption
 from .filters import ImageTextMatchFilter, PixelChangeFilter, pixel_change
 from .image_edits import InpaintingEditor, box_mask, count_edit_masks, flip_counterfactual
 from .text_edits import _NUMBERS, TextEdit, indefinite_article, pluralize
@@ -263,7 +266,8 @@ class CounterfactualGenerator:
                 wanting = [i for i in live if len(paraphrases[i]) < self.min_paraphrases]
                 if wanting:
                     for i, new in zip(wanting, self.paraphraser.paraphrase_batch([captions[i] for i in wanting])):
-                        fresh = [p for p in new if p not in paraphrases[i] and p != captions[i]]
+                        known = {normalize_caption(c) for c in (captions[i], *paraphrases[i])}
+                        fresh = [p for p in new if normalize_caption(p) not in known]
                         paraphrases[i].extend(fresh)
                         counts[i]["paraphrase/generated"] += len(fresh)
 
@@ -431,13 +435,18 @@ class CounterfactualGenerator:
         if flipped is not None:
             candidates.append({"caption": flipped[1], "image": flipped[0], "edit": "position", "source": "flip", "score": None})
         candidates += [{"caption": e.caption, "image": None, "edit": e.edit, "source": e.source, "score": None} for e in edits]
-        # An edit that lands on another true caption is no counterfactual; an image-bearing
-        # counterfactual wins over its text-only twin (they come first).
-        seen, kept = {caption, *paraphrases}, []
+        # An edit that lands on a true caption is no counterfactual; an image-bearing
+        # counterfactual wins over its text-only twin (they come first). Compared as the model sees
+        # captions: up to case and whitespace.
+        true = {normalize_caption(c) for c in (caption, *paraphrases)}
+        seen, kept = set(true), []
         for cf in candidates:
-            if cf["caption"] not in seen:
-                seen.add(cf["caption"])
-                kept.append(cf)
+            key = normalize_caption(cf["caption"])
+            if key in seen:
+                counts["counterfactual/dropped: " + ("true caption" if key in true else "duplicate")] += 1
+                continue
+            seen.add(key)
+            kept.append(cf)
         if len(kept) < self.min_counterfactuals:
             reason = "no editable word" if not kept else f"fewer than {self.min_counterfactuals} counterfactuals"
             return SkipRecord(reason, counts=counts)

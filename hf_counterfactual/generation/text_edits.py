@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from ..benchmarks.aro import (
     shuffle_trigrams,
     shuffle_within_trigrams,
 )
+from ..features import normalize_caption
 from .llm import LLMStage
 
 __all__ = [
@@ -378,13 +380,16 @@ class RuleBasedEditor:
       ("a man is riding" -> "two men are riding", "there is a dog" -> "there are two dogs").
     - ``order``: ARO's four word-order shuffles (nouns and adjectives among themselves,
       everything but nouns and adjectives, trigrams, within trigrams) on the caption's
-      whitespace words with a final full stop dropped. A shuffle equal to the caption is not an
-      edit; captions with fewer than two content words (nouns, verbs, adjectives, numbers) get
-      no order edit ("a photo" -> "photo a" is not a compositional negative).
+      whitespace words with a final full stop dropped. A shuffle equal to the caption (up to
+      case and whitespace) is not an edit; captions with fewer than two content words (nouns,
+      verbs, adjectives, numbers) get no order edit ("a photo" -> "photo a" is not a
+      compositional negative).
 
-    Every edit differs from the caption; duplicates (same edited caption) keep the first, in
-    ``kinds`` order. "a"/"an" is re-chosen before every changed word. Choices (replacement
-    words, shuffles) are drawn from ``random.Random`` seeded with (``seed``, caption), so the
+    Every edit differs from the caption under :func:`~hf_counterfactual.features.normalize_caption`
+    (case and whitespace ignored: the same tokens are no edit); duplicates (same normalised edited
+    caption) keep the first, in ``kinds`` order. Dropped candidates are counted in :attr:`stats`
+    (``rejected_same_as_caption``, ``rejected_duplicate``). "a"/"an" is re-chosen before every
+    changed word. Choices (replacement words, shuffles) are drawn from ``random.Random`` seeded with (``seed``, caption), so the
     output is deterministic for a seed and independent of batch composition.
 
     Args:
@@ -422,6 +427,7 @@ class RuleBasedEditor:
         self.kinds = tuple(kinds)
         self.seed = seed
         self.vocab = {**DEFAULT_VOCAB, **(vocab or {})}
+        self.stats: Counter = Counter()
         self._category = {word: cat for cat, words in self.vocab["objects"].items() for word in words}
         self._relations = sorted(
             ((tuple(k.split()), v) for k, v in self.vocab["relations"].items()), key=lambda kv: -len(kv[0])
@@ -452,7 +458,9 @@ class RuleBasedEditor:
 
     def _edits(self, caption: str, doc, word_doc) -> list[TextEdit]:
         out: list[TextEdit] = []
-        seen = {caption.strip()}
+        # Compared as the model sees them: "A dog" and "a  dog" are one caption, not an edit.
+        original = normalize_caption(caption)
+        seen = {original}
         for kind in self.kinds:
             rng = _caption_rng(self.seed, caption, kind)
             if kind == "order":
@@ -460,11 +468,14 @@ class RuleBasedEditor:
             else:
                 candidates = getattr(self, f"_{kind}")(doc, rng)
             for new_caption, old, new, target in candidates:
-                new_caption = new_caption.strip()
-                if not new_caption or new_caption in seen or new_caption.lower() == caption.strip().lower():
+                key = normalize_caption(new_caption)
+                if not key:
                     continue
-                seen.add(new_caption)
-                out.append(TextEdit(caption=new_caption, edit=kind, source="rule", old=old, new=new, target=target))
+                if key in seen:
+                    self.stats["rejected_same_as_caption" if key == original else "rejected_duplicate"] += 1
+                    continue
+                seen.add(key)
+                out.append(TextEdit(caption=new_caption.strip(), edit=kind, source="rule", old=old, new=new, target=target))
         return out
 
     # attribute ------------------------------------------------------------------------------------
@@ -720,7 +731,9 @@ class RuleBasedEditor:
             local = random.Random(f"{rng.random()}:{name}")
             for _ in range(5):  # a few tries for a shuffle that moves something
                 shuffled = shuffle(local)
-                if shuffled != original:
+                # The shuffles rejoin words with one space: a caption with a double space would
+                # otherwise count an identity shuffle as a move.
+                if normalize_caption(shuffled) != normalize_caption(original):
                     edits.append((shuffled + ending, "", "", ""))
                     break
         return edits
@@ -837,7 +850,7 @@ class LLMConceptEditor(LLMStage):
             fixed = _match_case(article.group(1), indefinite_article(new.split()[0]))
             before = before[: article.start()] + fixed + article.group(2)
         edited = before + replacement + caption[match.end() :]
-        if edited.strip().lower() == caption.strip().lower():
+        if normalize_caption(edited) == normalize_caption(caption):
             return self._reject("unchanged")
         kind = "attribute" if old.split()[-1].lower() == new.split()[-1].lower() else "object"
         self.stats["accepted"] += 1
