@@ -90,7 +90,36 @@ def build_tiny_clip(words: Iterable[str], image_size: int = 32, seed: int = 0, *
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = CLIPModel(tiny_clip_config(tokenizer, image_size=image_size, **config_kwargs))
+        init_vit_position_embeddings(model)
     return model, processor
+
+
+def init_vit_position_embeddings(model: torch.nn.Module, std: float | None = None) -> list[str]:
+    """Re-draws the position embeddings of every ViT patch embedding in ``model`` as the original
+    recipe does (OpenAI CLIP: normal with std ``width ** -0.5``); returns the
+    names of the modules it re-initialised.
+
+    transformers initialises a model built from a config with std ``initializer_range`` (0.02), which
+    is what a checkpoint overwrites anyway, but a model trained from its config keeps it. Next to the
+    patch content (std ~0.3 after the patch projection) 0.02 is almost no signal: the class token
+    then pools the patches as a bag and the image embedding of a scene and of its mirror image stay
+    ~0.996 alike, so left/right and above/below are never learned (``benchmarks/probe_order.py``).
+
+    A ViT patch embedding is recognised by its ``patch_embedding`` convolution beside a
+    ``position_embedding`` table (CLIP, OWL-ViT, OWLv2, SigLIP and LLaVA's CLIP tower).
+
+    Args:
+        model: any module; its ViT embeddings are changed in place.
+        std: the standard deviation; default ``embed_dim ** -0.5`` of each embedding module.
+    """
+    changed = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            patch, position = getattr(module, "patch_embedding", None), getattr(module, "position_embedding", None)
+            if isinstance(patch, torch.nn.Conv2d) and isinstance(position, torch.nn.Embedding):
+                position.weight.normal_(std=std if std is not None else position.embedding_dim**-0.5)
+                changed.append(name)
+    return changed
 
 
 def build_tiny_causal_lm(words: Iterable[str], seed: int = 0, model_max_length: int = 512):
@@ -267,6 +296,7 @@ def _tiny_owl_detector(words: Iterable[str], image_size: int, patch_size: int, d
         projection_dim=32,
     )
     model = model_class(config).eval()
+    init_vit_position_embeddings(model)  # the same weak default as CLIP's (see the function)
     # OWL configs have no initializer_range, so transformers' generic init draws the detection heads'
     # Linear weights with std = initializer_factor = 1.0: the box head saturates (every box degenerate,
     # on the image border). Small heads keep boxes near OWL's per-patch prior, as a trained model has.
