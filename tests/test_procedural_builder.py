@@ -14,7 +14,10 @@ from hf_counterfactual.builders import (
 )
 from hf_counterfactual.builders import procedural_scenes
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES, validate_record
-from hf_counterfactual.scenes import LAYOUTS, generate_record
+from hf_counterfactual.scenes import HELDOUT_STYLE, LAYOUTS, TRAIN_STYLES, generate_record
+
+# split -> (the split whose scenes it holds, the styles it draws them in)
+SPLITS = {"train": ("train", TRAIN_STYLES), "test": ("test", TRAIN_STYLES), "test_heldout_style": ("test", (HELDOUT_STYLE,))}
 
 NUM_TRAIN, NUM_TEST = 12, 5
 
@@ -42,17 +45,19 @@ def winoground_ds(cache_dir):
 
 def test_default_config_splits_and_features(default_ds):
     assert isinstance(default_ds, datasets.DatasetDict)
-    assert set(default_ds) == {"train", "test"}
-    assert default_ds["train"].num_rows == NUM_TRAIN and default_ds["test"].num_rows == NUM_TEST
+    assert set(default_ds) == set(SPLITS)
+    assert default_ds["train"].num_rows == NUM_TRAIN
+    assert default_ds["test"].num_rows == default_ds["test_heldout_style"].num_rows == NUM_TEST
     for split in default_ds.values():
         assert split.features == COUNTERFACTUAL_FEATURES
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", list(SPLITS))
 def test_default_rows_are_the_generated_records(default_ds, split):
+    scene_split, styles = SPLITS[split]
     for index, row in enumerate(default_ds[split]):
         validate_record(row, index, min_counterfactuals=4)
-        expected = generate_record(index, split)
+        expected = generate_record(index, scene_split, styles=styles)
         assert isinstance(row["image"], Image.Image)
         assert pixels(row["image"]) == pixels(expected["image"])
         assert row["caption"] == expected["caption"] and row["paraphrases"] == expected["paraphrases"]
@@ -64,14 +69,24 @@ def test_default_rows_are_the_generated_records(default_ds, split):
             }
 
 
+def test_heldout_style_split_holds_the_test_scenes_drawn_otherwise(default_ds):
+    test, heldout = default_ds["test"], default_ds["test_heldout_style"]
+    assert heldout["caption"] == test["caption"]
+    assert [[cf["caption"] for cf in row] for row in heldout["counterfactuals"]] == [
+        [cf["caption"] for cf in row] for row in test["counterfactuals"]
+    ]
+    assert all(pixels(a) != pixels(b) for a, b in zip(heldout["image"], test["image"]))
+
+
 def test_winoground_rows_match_the_records(winoground_ds):
-    for split, num_records in (("train", NUM_TRAIN), ("test", NUM_TEST)):
+    for split, num_records in (("train", NUM_TRAIN), ("test", NUM_TEST), ("test_heldout_style", NUM_TEST)):
         rows = winoground_ds[split]
         assert rows.features == WINOGROUND_FEATURES
         assert rows.num_rows == 4 * num_records
         assert sorted(rows["id"]) == list(range(4 * num_records))
+        scene_split, styles = SPLITS[split]
         for row in rows:
-            record = generate_record(row["id"] // 4, split)
+            record = generate_record(row["id"] // 4, scene_split, styles=styles)
             cf = record["counterfactuals"][row["id"] % 4]
             assert row["caption_0"] == record["caption"] and pixels(row["image_0"]) == pixels(record["image"])
             assert row["caption_1"] == cf["caption"] and pixels(row["image_1"]) == pixels(cf["image"])
@@ -95,6 +110,8 @@ def test_config_kwargs_change_the_cache_directory(tmp_path):
         {"image_size": 32},
         {"counterfactuals_per_record": 5},
         {"heldout_pairs": (("red", "circle"),)},
+        {"styles": ("plain",)},
+        {"heldout_style": ""},
         {"config_name": "winoground"},
     ]
     directories = [cache_dir(**kwargs) for kwargs in variants]
@@ -122,13 +139,21 @@ def test_an_empty_split_is_left_out(tmp_path):
     assert list(ds) == ["train"] and ds["train"].num_rows == 2
 
 
+def test_no_heldout_style_split(tmp_path):
+    ds = load_procedural_scenes(cache_dir=str(tmp_path), num_train=2, num_test=2, styles=("plain",), heldout_style="")
+    assert set(ds) == {"train", "test"}
+    assert ds["test"]["caption"] == [generate_record(index, "test", styles=("plain",))["caption"] for index in range(2)]
+    assert pixels(ds["train"][0]["image"]) == pixels(generate_record(0, "train", styles=("plain",))["image"])
+
+
 def test_sharded_generation_gives_the_same_rows(tmp_path, monkeypatch, default_ds):
     monkeypatch.setattr(procedural_scenes, "_RECORDS_PER_SHARD", 5)
     builder = ProceduralScenes(cache_dir=str(tmp_path), num_train=NUM_TRAIN, num_test=NUM_TEST)
     builder.download_and_prepare(num_proc=2)
     sharded = builder.as_dataset()
-    for split in ("train", "test"):
+    for split in SPLITS:
         assert sharded[split]["caption"] == default_ds[split]["caption"]
+        assert [pixels(image) for image in sharded[split]["image"]] == [pixels(image) for image in default_ds[split]["image"]]
 
 
 @pytest.mark.parametrize(
@@ -139,6 +164,10 @@ def test_sharded_generation_gives_the_same_rows(tmp_path, monkeypatch, default_d
         {"image_size": 2},
         {"counterfactuals_per_record": 0},
         {"heldout_pairs": (("pink", "circle"),)},
+        {"styles": ()},
+        {"styles": ("watercolour",)},
+        {"heldout_style": "watercolour"},
+        {"styles": ("flat", HELDOUT_STYLE)},  # the held-out style in training
     ],
 )
 def test_invalid_settings_are_rejected(tmp_path, kwargs):

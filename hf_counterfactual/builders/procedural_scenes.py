@@ -6,6 +6,11 @@ datasets >= 4 has no loading scripts, so the builder is used in code::
     builder.download_and_prepare()
     ds = builder.as_dataset()  # DatasetDict with "train" and "test"
 
+Three splits: ``train``, ``test`` (every scene shows a held-out colour-shape pair) and
+``test_heldout_style``: the test split's very scenes drawn in the rendering style that training
+never sees (:data:`~hf_counterfactual.scenes.HELDOUT_STYLE`), so that the two test scores differ
+only by rendering.
+
 Two configs share the same records:
 
 - ``default``: one row per record, features :data:`~hf_counterfactual.features.COUNTERFACTUAL_FEATURES`.
@@ -33,14 +38,19 @@ from datasets.fingerprint import Hasher
 
 from .. import scenes
 from ..features import COUNTERFACTUAL_FEATURES
-from ..scenes import edits, model, records, render, sampling
+from ..scenes import edits, model, records, render, sampling, styles
 from ..scenes.sampling import DEFAULT_HELDOUT_PAIRS, normalize_heldout_pairs
+from ..scenes.styles import HELDOUT_STYLE, STYLES, TRAIN_STYLES
 
 _DESCRIPTION = """\
 Procedurally generated scenes of one to four flat shapes (circle, square, triangle in six colours
 and two sizes) with complete canonical captions and exact counterfactuals of five kinds
 (attribute, object, position, count, relation), each rendered from the edited scene. Colour-shape
-compositions listed in `heldout_pairs` never occur in train and occur in every test scene."""
+compositions listed in `heldout_pairs` never occur in train and occur in every test scene. Each
+record is drawn in a random rendering style; `test_heldout_style` holds the test scenes drawn in a
+style that training never sees."""
+
+HELDOUT_STYLE_SPLIT = "test_heldout_style"
 
 WINOGROUND_FEATURES = datasets.Features(
     {
@@ -74,6 +84,9 @@ class ProceduralScenesConfig(datasets.BuilderConfig):
         heldout_pairs: (colour, shape) pairs absent from train and present in every test scene;
             ``()`` holds out nothing (a keyword set to None is ignored by ``datasets`` and keeps
             the default).
+        styles: rendering styles of the train and test splits (``("plain",)``: the exact flat style).
+        heldout_style: the style of the ``test_heldout_style`` split, never in ``styles``; ``""``
+            leaves the split out.
     """
 
     num_train: int = 2000
@@ -82,6 +95,8 @@ class ProceduralScenesConfig(datasets.BuilderConfig):
     image_size: int = 64
     counterfactuals_per_record: int = 4
     heldout_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_PAIRS
+    styles: tuple[str, ...] = TRAIN_STYLES
+    heldout_style: str = HELDOUT_STYLE
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,11 +115,16 @@ class ProceduralScenesConfig(datasets.BuilderConfig):
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         normalize_heldout_pairs(self.heldout_pairs)
+        unknown = [name for name in (*self.styles, *([self.heldout_style] if self.heldout_style else [])) if name not in STYLES]
+        if not self.styles or unknown:
+            raise ValueError(f"styles and heldout_style must name styles of {STYLES}, got {self.styles!r} and {self.heldout_style!r}")
+        if self.heldout_style in self.styles:
+            raise ValueError(f"heldout_style {self.heldout_style!r} is also in styles {self.styles!r}: it would not be held out")
 
 
 def _generator_code_hash() -> str:
     # What a loading script's hash used to give for free: new generator code, new cache directory.
-    sources = [inspect.getsource(module) for module in (scenes, model, sampling, edits, render, records)]
+    sources = [inspect.getsource(module) for module in (scenes, model, sampling, edits, render, records, styles)]
     sources.append(inspect.getsource(inspect.getmodule(_generator_code_hash)))
     return Hasher.hash(sources)
 
@@ -131,22 +151,28 @@ class ProceduralScenes(datasets.GeneratorBasedBuilder):
         return datasets.DatasetInfo(description=_DESCRIPTION, features=features.copy())
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
-        sizes = {datasets.Split.TRAIN: self.config.num_train, datasets.Split.TEST: self.config.num_test}
+        config = self.config
+        # split name -> (the split whose scenes it draws, the styles it draws them in, records)
+        splits = {"train": ("train", config.styles, config.num_train), "test": ("test", config.styles, config.num_test)}
+        if config.heldout_style:
+            splits[HELDOUT_STYLE_SPLIT] = ("test", (config.heldout_style,), config.num_test)
         return [
             datasets.SplitGenerator(
                 name=name,
                 # A list of shards: `download_and_prepare(num_proc=n)` hands each process a slice of it.
-                gen_kwargs={"split": str(name), "shards": _shards(size)},
+                gen_kwargs={"split": scene_split, "styles": style_names, "shards": _shards(size)},
             )
-            for name, size in sizes.items()
+            for name, (scene_split, style_names, size) in splits.items()
             if size > 0
         ]
 
-    def _generate_shards(self, split: str, shards: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
+    def _generate_shards(self, split: str, styles: tuple[str, ...], shards: list[tuple[int, int]]) -> Iterator[dict[str, Any]]:
         for start, stop in shards:
-            yield {"split": split, "start": start, "stop": stop}
+            yield {"split": split, "styles": styles, "start": start, "stop": stop}
 
-    def _generate_examples(self, split: str, shards: list[tuple[int, int]]) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _generate_examples(
+        self, split: str, styles: tuple[str, ...], shards: list[tuple[int, int]]
+    ) -> Iterator[tuple[Key, dict[str, Any]]]:
         config = self.config
         for shard_id, (start, stop) in enumerate(shards):
             for index in range(start, stop):
@@ -156,6 +182,7 @@ class ProceduralScenes(datasets.GeneratorBasedBuilder):
                     seed=config.seed,
                     counterfactuals_per_record=config.counterfactuals_per_record,
                     heldout_pairs=config.heldout_pairs,
+                    styles=styles,
                 )
                 if config.name == "winoground":
                     for offset, row in enumerate(winoground_rows(scene_record, index, config.image_size)):
@@ -171,14 +198,14 @@ def _shards(num_records: int) -> list[tuple[int, int]]:
 
 def winoground_rows(scene_record: records.SceneRecord, index: int, image_size: int = 64) -> list[dict[str, Any]]:
     """The Winoground rows of record ``index``: one per counterfactual, ``id = index * k + j``."""
-    factual = scene_record.scene
-    image_0, caption_0 = render.render_scene(factual, image_size), model.describe(factual)
+    factual, style = scene_record.scene, scene_record.style
+    image_0, caption_0 = render.render_scene(factual, image_size, style), model.describe(factual)
     k = len(scene_record.counterfactuals)
     return [
         {
             "id": index * k + j,
             "image_0": image_0,
-            "image_1": render.render_scene(edited, image_size),
+            "image_1": render.render_scene(edited, image_size, style),
             "caption_0": caption_0,
             "caption_1": model.describe(edited),
             "tag": kind,

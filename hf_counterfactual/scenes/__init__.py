@@ -11,6 +11,10 @@ Held-out compositions: the (colour, shape) pairs in ``heldout_pairs`` (default
 :data:`DEFAULT_HELDOUT_PAIRS`) never appear in the train split, neither in a factual nor in a
 counterfactual scene, and every factual scene of the test split contains at least one of them,
 so test accuracy measures binding of novel compositions.
+
+Held-out rendering: every record is drawn in a random style (:mod:`~hf_counterfactual.scenes.styles`:
+backgrounds, outlines, scale and jitter, blur and noise); the ``shaded`` style never appears in
+training, and the same test scenes drawn in it measure whether what was learned transfers.
 """
 
 from .edits import Candidate, candidate_edits, choose_counterfactuals, mirror_left_right, swap_rows
@@ -29,21 +33,27 @@ from .model import (
     paraphrases,
 )
 from .records import SceneRecord, generate_record, render_record, sample_scene_record
-from .render import pixel_box, render_scene
+from .render import object_boxes, pixel_box, render_scene
 from .sampling import DEFAULT_HELDOUT_PAIRS, SPLITS, record_rng, sample_scene, split_admits
+from .styles import HELDOUT_STYLE, PLAIN, STYLES, TRAIN_STYLES, RenderStyle, sample_style
 
 __all__ = [
     "BACKGROUND",
     "CANVAS_UNITS",
     "COLOURS",
     "DEFAULT_HELDOUT_PAIRS",
+    "HELDOUT_STYLE",
     "LAYOUTS",
     "NUMBER_WORDS",
+    "PLAIN",
     "SCENE_VOCABULARY",
     "SHAPES",
     "SIZES",
     "SPLITS",
+    "STYLES",
+    "TRAIN_STYLES",
     "Candidate",
+    "RenderStyle",
     "Scene",
     "SceneObject",
     "SceneRecord",
@@ -52,6 +62,7 @@ __all__ = [
     "describe",
     "generate_record",
     "mirror_left_right",
+    "object_boxes",
     "paraphrases",
     "pixel_box",
     "record_rng",
@@ -59,6 +70,7 @@ __all__ = [
     "render_scene",
     "sample_scene",
     "sample_scene_record",
+    "sample_style",
     "split_admits",
     "swap_rows",
 ]
