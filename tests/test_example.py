@@ -11,15 +11,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import run_cf_clip  # noqa: E402
 
 
+SMALL = ["--num_train_scenes", "48", "--num_test_scenes", "12", "--num_train_epochs", "1", "--pretrain_epochs", "1",
+         "--per_device_train_batch_size", "16", "--disable_tqdm", "True"]  # fmt: skip
+
+
 def test_embedded_default_runs_saves_and_reports(tmp_path):
     out = tmp_path / "out"
-    results = run_cf_clip.main(
-        ["--output_dir", str(out), "--num_train_scenes", "48", "--num_test_scenes", "12", "--num_train_epochs", "1",
-         "--per_device_train_batch_size", "16", "--cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "True"]
-    )  # fmt: skip
-    assert set(results) == {"before", "after"}
+    results = run_cf_clip.main(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
+    assert set(results) == {"before", "after", "heldout_style"}
     assert results["after"]["all"]["count"] == results["before"]["all"]["count"] > 12  # several edits per test record
     assert {"attribute", "object", "count"} <= set(results["after"])
+    # The same facts in the held-out rendering: as many groups, other scores.
+    assert results["heldout_style"]["after"]["all"]["count"] == results["after"]["all"]["count"]
     assert json.loads((out / "winoground_results.json").read_text()) == results
     model = CLIPModel.from_pretrained(out)
     assert len(AutoProcessor.from_pretrained(out).tokenizer) == model.config.text_config.vocab_size
@@ -38,3 +41,28 @@ def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(KeyError):
         run_cf_clip.main(["--output_dir", str(tmp_path / "o"), "--num_train_scenes", "8", "--num_test_scenes", "4",
                           "--test_split", "validation", "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
+
+
+def test_embedded_default_starts_from_a_cached_pretrained_start(tmp_path, caplog):
+    out, cache = tmp_path / "out", ["--cache_dir", str(tmp_path / "cache")]
+    first = run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL])
+    start = out / "pretrained-start"
+    assert (start / "config.json").exists() and (start / "pretraining.json").exists()
+    saved = CLIPModel.from_pretrained(start)
+    # "before" is the pretrained start, not the random initialisation it was trained from.
+    model_args, _, training_args = run_cf_clip.parse_args(["--output_dir", str(out), "--pretrain_epochs", "0"])
+    random_init, _ = run_cf_clip.load_model(model_args, training_args, train=None)
+    assert not any(a.equal(b) for a, b in zip(random_init.state_dict().values(), saved.state_dict().values()) if a.is_floating_point())
+
+    # A rerun reads the start instead of training it again: the same "before" scores.
+    stamp = (start / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        again = run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL])
+    assert (start / "model.safetensors").stat().st_mtime_ns == stamp and "read from" in caplog.text
+    assert again["before"] == first["before"]
+
+    # Other pre-training settings never reuse it.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL, "--pretrain_learning_rate", "5e-4"])
+    assert "other settings" in caplog.text and (start / "model.safetensors").stat().st_mtime_ns != stamp
