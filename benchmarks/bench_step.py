@@ -74,8 +74,11 @@ def main() -> None:
     model, processor = build_model(args.model, args.attn)
     records = [generate_record(i, "train", seed=0, counterfactuals_per_record=k) for i in range(args.batch_size)]
     collator = CounterfactualCollator(processor, num_counterfactuals=k, counterfactual_fraction=1.0)
-    cf = collator(records)  # every counterfactual has an image: images are exactly the B*(1+K) of clip_batch
-    clip = clip_batch(records, processor, cf["pixel_values"])
+    cf = collator(records)
+    # Every counterfactual has an image: the B*(1+K) pairs' images, in clip_batch's caption order
+    # (a photo that occurs twice is one row of the cf-vlm batch, two of the clip batch).
+    pair_images = torch.cat([cf["image_index"], cf["cf_image_index"].flatten()])
+    clip = clip_batch(records, processor, cf["pixel_values"][pair_images])
     cf, clip = ({name: t.to(device) for name, t in batch.items()} for batch in (cf, clip))
 
     with tempfile.TemporaryDirectory() as tmp:

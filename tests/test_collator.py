@@ -1,4 +1,7 @@
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,6 +9,7 @@ from PIL import Image
 
 from dummy_components import get_dummy_components
 from hf_counterfactual import CounterfactualCollator, InvalidRecordError
+from hf_counterfactual.collator import content_key
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,50 @@ def test_each_distinct_text_is_encoded_once(components):
     texts = {r["caption"] for r in records} | {cf["caption"] for r in records for cf in r["counterfactuals"]}
     assert batch["input_ids"].shape[0] == len(texts)
     assert batch["text_index"][6] == batch["text_index"][0]
-    # images are not deduplicated: 8 factual + 8 * 4 counterfactual
-    assert batch["pixel_values"].shape[0] == 8 * 5
+    # identical images are encoded once too: the 6 distinct records' 6 factual + 6 * 4 counterfactual
+    assert batch["pixel_values"].shape[0] == 6 * 5
+    assert batch["image_index"][6] == batch["image_index"][0] and batch["image_index"][:6].tolist() == list(range(6))
+    torch.testing.assert_close(batch["cf_image_index"][6:], batch["cf_image_index"][:2])
+
+
+def test_texts_equal_up_to_case_whitespace_or_token_ids_share_a_row(components):
+    _, processor, records = components
+    shouted = dict(records[1], caption="  " + records[0]["caption"].upper().replace(" ", "   "))
+    # Neither word is in the tiny vocabulary: both are [UNK], the same token ids to the model.
+    zebra, giraffe = (dict(records[2], caption=f"a red {animal}") for animal in ("zebra", "giraffe"))
+    batch = CounterfactualCollator(processor, num_counterfactuals=0)([records[0], shouted, zebra, giraffe])
+    assert batch["text_index"].tolist() == [0, 0, 1, 1]
+    assert batch["input_ids"].shape[0] == 2
+    assert decode(processor, batch["input_ids"][0], batch["attention_mask"][0]) == records[0]["caption"]
+
+
+def test_content_keys_follow_content(components):
+    _, processor, records = components
+    same_photo = dict(records[1], image=records[0]["image"].copy())  # equal pixels, another object
+    batch = CounterfactualCollator(processor)([records[0], same_photo, records[0]])
+    text_key, image_key = batch["text_key"], batch["image_key"]
+    assert text_key.dtype == image_key.dtype == torch.int64
+    assert text_key.shape == (batch["input_ids"].shape[0],) and image_key.shape == (batch["pixel_values"].shape[0],)
+    assert len(set(text_key.tolist())) == len(text_key) and len(set(image_key.tolist())) == len(image_key)  # one row per content
+    assert batch["image_index"].tolist() == [0, 0, 0]
+    assert batch["text_index"][0] == batch["text_index"][2] != batch["text_index"][1]
+    # A key depends on the content only, not on the batch it came in.
+    alone = CounterfactualCollator(processor)([records[1]])
+    assert alone["text_key"][alone["text_index"][0]] == text_key[batch["text_index"][1]]
+    assert alone["image_key"][alone["image_index"][0]] != image_key[batch["image_index"][1]]  # its own photo
+    assert alone["image_key"][alone["cf_image_index"][0]].tolist() == image_key[batch["cf_image_index"][1]].tolist()
+
+
+def test_content_key_is_the_same_in_another_process():
+    """Python's hash of bytes is salted per process; content keys must not be (they are gathered)."""
+    code = "import torch; from hf_counterfactual.collator import content_key; print(content_key(torch.arange(7)), content_key(torch.ones(2, 3)))"
+    runs = {
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert runs == {f"{content_key(torch.arange(7))} {content_key(torch.ones(2, 3))}\n"}
+    assert content_key(torch.arange(7)) != content_key(torch.arange(7, dtype=torch.int32))  # dtype is content
+    assert 0 <= content_key(torch.arange(7)) < 2**63
 
 
 def test_objective_that_needs_no_images_gets_none(components):
