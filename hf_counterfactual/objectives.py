@@ -17,6 +17,16 @@ Every term reads the model's scores ``S = logit_scale * cosine`` (what evaluatio
 Contrastive terms score local rows against columns gathered from every process; the hinge terms
 compare a record with its own counterfactuals, so they stay local, and their margins are in score
 units (a margin of 1.0 is 1/logit_scale in cosine: 0.01 for a CLIP at logit_scale 100).
+
+False negatives. Each column of a contrastive term is a pair (image, text) that asserts its text
+is true of its image. For the row whose target is pair ``t``, a column ``j != t`` whose pair shares
+its text or its image with pair ``t`` is a known positive, not a negative, and is left out of that
+row's softmax in both directions (two records with the same caption, a counterfactual caption equal
+to another record's caption, the same photo twice). A hard-negative caption (NegCLIP's, grouping's
+text-only counterfactuals) is left out of a row when it is the text of a valid column pair with the
+row's image (the row's own text included). Identity is by content: the collator's ``text_key`` and
+``image_key`` are gathered with the columns. A hand-built batch without these keys gets no
+false-negative masking (every other column is a negative, as in CLIP).
 """
 
 from __future__ import annotations
@@ -98,7 +108,9 @@ class CounterfactualObjective:
             image_embeds ``[I, D]``, text_embeds ``[T, D]``: L2-normalised embeddings of the batch's
                 distinct images and texts (``pixel_values`` / ``input_ids`` order).
             logit_scale: the temperature: scores are ``logit_scale * cosine``.
-            batch: the index tensors of :class:`~hf_counterfactual.collator.CounterfactualCollator`.
+            batch: the index tensors of :class:`~hf_counterfactual.collator.CounterfactualCollator` and its
+                content keys ``text_key`` / ``image_key``, which the contrastive terms gather to leave false
+                negatives out (see the module docstring); a batch without both keys is not masked.
         """
         image = image_embeds[batch["image_index"]]
         text = text_embeds[batch["text_index"]]
@@ -106,20 +118,31 @@ class CounterfactualObjective:
         cf_text = text_embeds[cf_text_index.clamp(min=0)]  # [B, K, D]; masked where index < 0
         cf_image = image_embeds[cf_image_index.clamp(min=0)]
         cf_text_valid, cf_image_valid = cf_text_index >= 0, cf_image_index >= 0
+        keys = _pair_keys(batch)  # (factual [B, 2], counterfactual [B, K, 2]) or None: no masking
         needs = self.weights
 
         terms: dict[str, torch.Tensor] = {}
         if "align" in needs or "negclip" in needs:
             logits_per_image, logits_per_text, targets = self._local_vs_global(image, text, logit_scale)
+            columns = self._gather(keys[0], grad=False) if keys is not None else None  # [M, 2]
+            column_mask = _not_target_twins(columns, targets) if keys is not None else None
         if "align" in needs:
-            terms["align"] = clip_loss(logits_per_image, logits_per_text, targets)
+            terms["align"] = clip_loss(logits_per_image, logits_per_text, targets, column_mask=column_mask)
         if "negclip" in needs:
             negatives, negative_mask = self._gather(cf_text.flatten(0, 1)), self._gather(cf_text_valid.flatten(), grad=False)
+            if keys is not None:
+                negative_text = self._gather(keys[1][..., 0].flatten(), grad=False)
+                negative_mask = negative_mask & _not_true_captions(columns, targets, negative_text)
             terms["negclip"] = negclip_loss(
-                logits_per_image, similarity(image, negatives, logit_scale), logits_per_text, targets, negative_mask=negative_mask
+                logits_per_image,
+                similarity(image, negatives, logit_scale),
+                logits_per_text,
+                targets,
+                column_mask=column_mask,
+                negative_mask=negative_mask,
             )
         if "grouping" in needs:
-            terms["grouping"] = self._grouping(image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, logit_scale)
+            terms["grouping"] = self._grouping(image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, logit_scale)
         if "csd" in needs or "fcd" in needs:
             factual = logit_scale * (image * text).sum(-1)  # S(Ia, Ta), [B]
             if "csd" in needs:
@@ -145,7 +168,7 @@ class CounterfactualObjective:
         targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
         return logits_per_image, logits_per_text, targets
 
-    def _grouping(self, image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, logit_scale) -> torch.Tensor:
+    def _grouping(self, image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, logit_scale) -> torch.Tensor:
         # Positives: B factual pairs followed by the B*K complete counterfactual pairs.
         pair_valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
         pair_image = torch.cat([image, cf_image.flatten(0, 1)])
@@ -156,6 +179,12 @@ class CounterfactualObjective:
         # image->text softmax as extra columns of the same logits (no second gather or matmul).
         text_only = torch.cat([torch.zeros_like(pair_valid[: len(image)]), (cf_text_valid & ~cf_image_valid).flatten()])
         column_mask, negative_mask = self._gather(torch.stack([pair_valid, text_only], dim=1), grad=False).unbind(dim=1)
+        if keys is not None:
+            # Invalid pairs carry placeholder keys: they are masked columns already, and are kept
+            # out of the pairs that make a caption true of an image.
+            columns = self._gather(torch.cat([keys[0], keys[1].flatten(0, 1)]), grad=False)
+            negative_mask = negative_mask & _not_true_captions(columns, targets, columns[:, 0], column_valid=column_mask)
+            column_mask = column_mask & _not_target_twins(columns, targets)
         return negclip_loss(
             logits_per_image,
             logits_per_image,
@@ -165,3 +194,46 @@ class CounterfactualObjective:
             column_mask=column_mask,
             negative_mask=negative_mask,
         )
+
+
+def _pair_keys(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(text key, image key) of each factual pair ``[B, 2]`` and counterfactual pair ``[B, K, 2]``
+    (placeholders where an index is -1), or None for a batch without the collator's content keys."""
+    present = [name for name in ("text_key", "image_key") if name in batch]
+    if not present:
+        return None
+    if len(present) == 1:
+        raise KeyError(f"the batch has {present[0]!r} but not the other content key: pass text_key and image_key, or neither")
+    text_key, image_key = batch["text_key"], batch["image_key"]
+    factual = torch.stack([text_key[batch["text_index"]], image_key[batch["image_index"]]], dim=-1)
+    counterfactual = torch.stack(
+        [text_key[batch["cf_text_index"].clamp(min=0)], image_key[batch["cf_image_index"].clamp(min=0)]], dim=-1
+    )
+    return factual, counterfactual
+
+
+def _not_target_twins(columns: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N, M]`` bool over pair columns ``[M, 2]`` (text key, image key): False where column ``j`` is not
+    row ``i``'s target yet shares its text or its image with it (a known positive, not a negative)."""
+    twins = (columns.unsqueeze(0) == columns[targets].unsqueeze(1)).any(dim=-1)
+    is_target = torch.zeros_like(twins).scatter_(1, targets.unsqueeze(1), True)
+    return ~twins | is_target
+
+
+def _not_true_captions(
+    columns: torch.Tensor, targets: torch.Tensor, captions: torch.Tensor, column_valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[N, X]`` bool: False where caption ``x`` (text keys ``[X]``) is the text of a valid column pair
+    (``columns`` ``[M, 2]``) whose image is the image of row ``i``'s target: a true caption of the row's image.
+
+    Keys are renumbered densely (``torch.unique``, one host sync) so that an (image, text) pair is one
+    exact integer, matched with ``isin`` in O((N*X + M) log M) instead of an ``[N, M, X]`` comparison.
+    """
+    text_ids, dense_text = torch.unique(torch.cat([columns[:, 0], captions]), return_inverse=True)
+    dense_image = torch.unique(columns[:, 1], return_inverse=True)[1]
+    num_texts, num_columns = len(text_ids), len(columns)
+    known = dense_image * num_texts + dense_text[:num_columns]
+    if column_valid is not None:
+        known = known[column_valid]
+    asked = dense_image[targets].unsqueeze(1) * num_texts + dense_text[num_columns:].unsqueeze(0)
+    return ~torch.isin(asked, known)

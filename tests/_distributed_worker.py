@@ -11,6 +11,10 @@ of them together, it checks that
   computed in one process over the whole global batch with ``gather=False``;
 - the mean over ranks of the local loss equals that single-process loss.
 
+A third batch makes rank 1's records share content with rank 0's (a caption, a photo, a
+counterfactual caption equal to a caption): the false-negative masks must then be built from content
+keys gathered across processes, and the loss must differ from the unmasked one.
+
 It also checks ``all_gather_no_grad`` on bool masks (gloo has no bool all_gather) and the rank
 order of ``all_gather_with_grad``. Prints one line per check and exits non-zero on any failure.
 """
@@ -96,7 +100,8 @@ def main() -> int:
     ]
     collator = CounterfactualCollator(processor, num_counterfactuals=K, counterfactual_fraction=1.0)
     cases = [(term, {term: 1.0}) for term in TERMS] + [("all", {term: 1.0 for term in TERMS})]
-    for data_name, data in (("full", records), ("text-only cf", text_only)):
+    duplicates = shared_across_ranks(records)
+    for data_name, data in (("full", records), ("text-only cf", text_only), ("shared across ranks", duplicates)):
         local_batch = collator(data[rank * PER_RANK : (rank + 1) * PER_RANK])
         global_batch = collator(data)
         if rank == 0:
@@ -109,11 +114,41 @@ def main() -> int:
         for name, weights in cases:
             check_case(model, f"[{data_name}] {name}", weights, local_batch, global_batch, world, check)
 
+    check_gathered_keys(model, collator, duplicates, world, check)
+
     dist.barrier()
     dist.destroy_process_group()
     if failures and rank == 0:
         print(f"{len(failures)} check(s) failed", flush=True)
     return 1 if failures else 0
+
+
+def shared_across_ranks(records):
+    """Rank 1's first three records share with rank 0's: the caption, the photo, a counterfactual caption
+    equal to the caption (an edited image of which rank 0's caption is true)."""
+    out = list(records)
+    a, b = records[:PER_RANK], records[PER_RANK : 2 * PER_RANK]
+    out[PER_RANK] = {**b[0], "caption": a[0]["caption"]}
+    out[PER_RANK + 1] = {**b[1], "image": a[1]["image"].copy()}
+    out[PER_RANK + 2] = {**b[2], "counterfactuals": [{**b[2]["counterfactuals"][0], "caption": a[2]["caption"]}, *b[2]["counterfactuals"][1:]]}
+    return out
+
+
+def check_gathered_keys(model, collator, data, world, check) -> None:
+    """Gathered content keys of every pair are the one-process batch's; the masks change the loss."""
+    rank = rank_and_world_size()[0]
+    local, whole = collator(data[rank * PER_RANK : (rank + 1) * PER_RANK]), collator(data)
+
+    def pair_keys(batch):
+        return torch.stack([batch["text_key"][batch["text_index"]], batch["image_key"][batch["image_index"]]], dim=1)
+
+    check(torch.equal(all_gather_no_grad(pair_keys(local)), pair_keys(whole)), "[shared across ranks] gathered pair keys == one-process keys")
+    objective = CounterfactualObjective(weights={"align": 1.0}, gather=True)
+    keyless = {name: value for name, value in local.items() if name not in ("text_key", "image_key")}
+    masked, unmasked = loss_and_grads(model, objective, local)[0], loss_and_grads(model, objective, keyless)[0]
+    dist.all_reduce(masked)
+    dist.all_reduce(unmasked)
+    check(not torch.allclose(masked, unmasked), f"[shared across ranks] align masked {masked.item() / world:.6f} != unmasked {unmasked.item() / world:.6f}")
 
 
 def check_case(model, name, weights, local_batch, global_batch, world, check) -> None:

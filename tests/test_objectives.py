@@ -13,12 +13,9 @@ from hf_counterfactual.scoring import logit_scale_from_outputs
 MARGIN_CSD, MARGIN_FCD = 0.3, 0.1
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model, processor, records = get_dummy_components(num_records=5)
-    batch = CounterfactualCollator(processor, num_counterfactuals=4)(records)
+def embed_records(model, processor, records):
+    """Per-record embeddings, computed independently of the collator's deduplication and indices."""
     with torch.no_grad():
-        out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
         def embed_images(images):
             pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -28,14 +25,24 @@ def setup():
             enc = processor.tokenizer(texts, padding=True, return_tensors="pt")
             return F.normalize(model.get_text_features(**enc).pooler_output, dim=-1).tolist()
 
-        # Per-record embeddings, computed independently of the collator's deduplication and indices.
-        ref = {
+        return {
             "image": embed_images([r["image"] for r in records]),
             "text": embed_texts([r["caption"] for r in records]),
             "cf_image": [embed_images([cf["image"] for cf in r["counterfactuals"]]) for r in records],
             "cf_text": [embed_texts([cf["caption"] for cf in r["counterfactuals"]]) for r in records],
         }
-    return out, batch, ref, model.logit_scale.exp().item()
+
+
+def encode_batch(model, batch):
+    with torch.no_grad():
+        return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, processor, records = get_dummy_components(num_records=5)
+    batch = CounterfactualCollator(processor, num_counterfactuals=4)(records)
+    return encode_batch(model, batch), batch, embed_records(model, processor, records), model.logit_scale.exp().item()
 
 
 def cos(u, v):
@@ -46,10 +53,24 @@ def nll(row, target):
     return math.log(sum(math.exp(x) for x in row)) - row[target]
 
 
-def symmetric_infonce(images, texts, scale, extra_negatives=()):
+def symmetric_infonce(images, texts, scale, extra_negatives=(), image_ids=None, text_ids=None, negative_ids=None):
+    """Naive masked symmetric InfoNCE over the pairs ``(images[i], texts[i])``.
+
+    Row ``i``'s columns (both directions) are pair ``i`` and every pair that shares neither its image
+    id nor its text id; its extra image->text negatives are those whose id is not the text of a pair
+    with row ``i``'s image. Ids default to all distinct (plain CLIP / NegCLIP).
+    """
     n = len(images)
-    i2t = [nll([scale * cos(images[i], t) for t in list(texts) + list(extra_negatives)], i) for i in range(n)]
-    t2i = [nll([scale * cos(texts[j], im) for im in images], j) for j in range(n)]
+    image_ids = image_ids or [("image", i) for i in range(n)]
+    text_ids = text_ids or [("text", i) for i in range(n)]
+    negative_ids = negative_ids or [("negative", k) for k in range(len(extra_negatives))]
+    true_pairs = set(zip(image_ids, text_ids))
+    i2t, t2i = [], []
+    for i in range(n):
+        columns = [j for j in range(n) if j == i or (image_ids[j] != image_ids[i] and text_ids[j] != text_ids[i])]
+        negatives = [t for t, t_id in zip(extra_negatives, negative_ids) if (image_ids[i], t_id) not in true_pairs]
+        i2t.append(nll([scale * cos(images[i], texts[j]) for j in columns] + [scale * cos(images[i], t) for t in negatives], columns.index(i)))
+        t2i.append(nll([scale * cos(texts[i], images[j]) for j in columns], columns.index(i)))
     return (sum(i2t) / n + sum(t2i) / n) / 2
 
 
