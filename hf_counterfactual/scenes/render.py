@@ -16,6 +16,7 @@ edit changed the scene.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -67,6 +68,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill) -> None:
         raise ValueError(f"Unknown shape {shape!r}")
 
 
+@functools.lru_cache(maxsize=64)  # a record's scenes share their style: draw its canvas once
 def _background(style: RenderStyle, image_size: int) -> Image.Image:
     if style.pattern == "plain":
         return Image.new("RGB", (image_size, image_size), style.background)
@@ -115,7 +117,7 @@ def render_scene(scene: Scene, image_size: int = 64, style: RenderStyle = PLAIN)
     """Draws ``scene`` on a square canvas of ``image_size`` pixels in ``style``; returns an RGB image."""
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-    image = _background(style, image_size)
+    image = _background(style, image_size).copy()
     unit = image_size / CANVAS_UNITS
     for obj, box in zip(scene.objects, object_boxes(scene, image_size, style)):
         mask = Image.new("L", (image_size, image_size), 0)
@@ -124,17 +126,23 @@ def render_scene(scene: Scene, image_size: int = 64, style: RenderStyle = PLAIN)
             shift, shadow = round(style.shadow * unit), Image.new("L", image.size, 0)
             shadow.paste(mask, (shift, shift))  # down and to the right, cropped at the border
             shadow = shadow.filter(ImageFilter.GaussianBlur(max(shift / 2, 0.5)))
-            image.paste(Image.new("RGB", image.size, (0, 0, 0)), mask=shadow.point(lambda v: v * 3 // 5))
+            image.paste((0, 0, 0), mask=shadow.point(lambda v: v * 3 // 5))
         colour = COLOURS[obj.colour]
-        fill = _shaded_fill(colour, box, style, image_size) if style.shading != (1.0, 1.0) else Image.new("RGB", image.size, colour)
-        image.paste(fill, mask=mask)
+        image.paste(_shaded_fill(colour, box, style, image_size) if style.shading != (1.0, 1.0) else colour, mask=mask)
         if style.outline_width:
             width = max(1, round(style.outline_width * unit))
             inner = mask.filter(ImageFilter.MinFilter(2 * width + 1))
-            image.paste(Image.new("RGB", image.size, style.outline), mask=ImageChops.subtract(mask, inner))
+            image.paste(style.outline, mask=ImageChops.subtract(mask, inner))
     if style.blur:
         image = image.filter(ImageFilter.GaussianBlur(style.blur * unit))
     if style.noise:
-        noise = np.random.default_rng(style.seed).normal(0.0, style.noise, (image_size, image_size, 3))
-        image = Image.fromarray(np.clip(np.rint(np.asarray(image, float) + noise), 0, 255).astype(np.uint8), "RGB")
+        noisy = np.asarray(image, np.float32) + _noise(style, image_size)
+        image = Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
     return image
+
+
+@functools.lru_cache(maxsize=64)
+def _noise(style: RenderStyle, image_size: int) -> np.ndarray:
+    noise = np.random.default_rng(style.seed).normal(0.0, style.noise, (image_size, image_size, 3)).astype(np.float32)
+    noise.flags.writeable = False  # shared by the record's scenes
+    return noise
