@@ -53,9 +53,9 @@ logger = logging.getLogger(__name__)
 EMBEDDED_DEFAULTS = dict(
     output_dir="outputs/cf-clip-tiny",
     heldout_style_split="test_heldout_style",
-    num_train_epochs=8,
+    num_train_epochs=16,
     per_device_train_batch_size=32,
-    learning_rate=5e-4,
+    learning_rate=1e-3,
     weight_decay=0.1,
     warmup_steps=0.05,
     lr_scheduler_type="cosine",
@@ -160,6 +160,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         objective="clip",
         **{f"{term}_weight": None for term in ("align", "negclip", "grouping", "csd", "fcd")},
         num_train_epochs=model_args.pretrain_epochs,
+        max_steps=-1,  # --max_steps bounds the fine-tuning, not the pre-training
         learning_rate=model_args.pretrain_learning_rate,
         save_strategy="no",
         push_to_hub=False,
