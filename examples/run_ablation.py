@@ -50,7 +50,7 @@ def main() -> None:
     for seed in args.seeds:
         start = os.path.join(args.output_dir, f"pretrained-start-seed{seed}")
         for objective in args.objectives:
-            out = os.path.join(args.output_dir, f"{objective.replace(' ', '_')}-seed{seed}")
+            out = os.path.join(args.output_dir, f"{objective.replace(' ', '_').replace('/', '')}-seed{seed}")
             results.setdefault(objective, {})[seed] = run_cf_clip(
                 [*OBJECTIVES[objective], "--seed", str(seed), "--pretrained_start_dir", start, "--output_dir", out, *quiet]
             )

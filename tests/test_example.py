@@ -66,3 +66,20 @@ def test_embedded_default_starts_from_a_cached_pretrained_start(tmp_path, caplog
     with caplog.at_level("WARNING"):
         run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL, "--pretrain_learning_rate", "5e-4"])
     assert "other settings" in caplog.text and (start / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_ablation_tables_average_each_evaluation_over_seeds():
+    import run_ablation
+
+    def scores(group: float) -> dict:
+        return {subset: {"group_score": group} for subset in ("all", *run_ablation.KINDS)}
+
+    def run(before: float, after: float, heldout_after: float) -> dict:
+        return {"before": scores(before), "after": scores(after), "heldout_style": {"before": scores(before), "after": scores(heldout_after)}}
+
+    results = {"clip": {0: run(0.1, 0.2, 0.3), 1: run(0.1, 0.4, 0.1)}, "grouping": {0: run(0.1, 0.8, 0.7), 1: run(0.1, 0.9, 0.9)}}
+    test_table, style_table = run_ablation.format_tables(results, [0, 1]).split("Group score (%), ")[1:]
+    assert "| pretrained start | 10.0 ± 0.0 |" in test_table
+    assert "| `clip` | 30.0 ± 10.0 |" in test_table and "| `grouping` | 85.0 ± 5.0 |" in test_table
+    assert style_table.startswith("held-out rendering style")
+    assert "| `clip` | 20.0 ± 10.0 |" in style_table and "| `grouping` | 80.0 ± 10.0 |" in style_table
