@@ -45,6 +45,7 @@ from hf_counterfactual import (
 )
 from hf_counterfactual.benchmarks import MatchingBenchmark, counterfactual_records_benchmark
 from hf_counterfactual.distributed import full_parameters
+from hf_counterfactual.objectives import TERMS
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         training_args,
         output_dir=cache,
         objective="clip",
-        **{f"{term}_weight": None for term in ("align", "negclip", "grouping", "csd", "fcd")},
+        **{f"{term}_weight": None for term in TERMS},  # the clip preset as it is
         num_train_epochs=model_args.pretrain_epochs,
         max_steps=-1,  # --max_steps bounds the fine-tuning, not the pre-training
         learning_rate=model_args.pretrain_learning_rate,

@@ -40,7 +40,7 @@ from .. import scenes
 from ..features import COUNTERFACTUAL_FEATURES
 from ..scenes import edits, model, records, render, sampling, styles
 from ..scenes.sampling import DEFAULT_HELDOUT_PAIRS, normalize_heldout_pairs
-from ..scenes.styles import HELDOUT_STYLE, STYLES, TRAIN_STYLES
+from ..scenes.styles import HELDOUT_STYLE, TRAIN_STYLES, check_styles
 
 _DESCRIPTION = """\
 Procedurally generated scenes of one to four flat shapes (circle, square, triangle in six colours
@@ -115,9 +115,9 @@ class ProceduralScenesConfig(datasets.BuilderConfig):
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         normalize_heldout_pairs(self.heldout_pairs)
-        unknown = [name for name in (*self.styles, *([self.heldout_style] if self.heldout_style else [])) if name not in STYLES]
-        if not self.styles or unknown:
-            raise ValueError(f"styles and heldout_style must name styles of {STYLES}, got {self.styles!r} and {self.heldout_style!r}")
+        check_styles(tuple(self.styles))
+        if self.heldout_style:
+            check_styles((self.heldout_style,))
         if self.heldout_style in self.styles:
             raise ValueError(f"heldout_style {self.heldout_style!r} is also in styles {self.styles!r}: it would not be held out")
 

@@ -101,11 +101,16 @@ def _two_backgrounds(rng: random.Random) -> tuple[RGB, RGB]:
     return BACKGROUNDS[first], BACKGROUNDS[rng.choice(far)]
 
 
-def sample_style(rng: random.Random, names: tuple[str, ...] = TRAIN_STYLES) -> RenderStyle:
-    """A random :class:`RenderStyle` from a family chosen uniformly among ``names``."""
+def check_styles(names: tuple[str, ...]) -> None:
+    """Raises ValueError unless ``names`` is a non-empty collection of :data:`STYLES`."""
     unknown = [name for name in names if name not in STYLES]
     if not names or unknown:
         raise ValueError(f"styles must be a non-empty subset of {STYLES}, got {tuple(names)}")
+
+
+def sample_style(rng: random.Random, names: tuple[str, ...] = TRAIN_STYLES) -> RenderStyle:
+    """A random :class:`RenderStyle` from a family chosen uniformly among ``names``."""
+    check_styles(names)
     name = rng.choice(tuple(names))
     seed = rng.getrandbits(32)
     if name == "plain":
