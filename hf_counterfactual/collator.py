@@ -72,6 +72,19 @@ def _remap(index: torch.Tensor, new_row: torch.Tensor) -> torch.Tensor:
     return torch.where(index >= 0, new_row[index.clamp(min=0)], index)
 
 
+def _reject_counterfactuals_read_as_their_caption(records, text_index: torch.Tensor, cf_text_index: torch.Tensor) -> None:
+    # validate_record compares normalised strings; the tokenizer may merge more (unknown words,
+    # punctuation). A counterfactual with its own caption's token ids would be trained as a
+    # negative against itself.
+    same = (cf_text_index == text_index.unsqueeze(1)).nonzero().tolist()
+    if same:
+        b, j = same[0]
+        raise InvalidRecordError(
+            f"batch item {b} (caption {records[b]['caption']!r}): a counterfactual caption has the caption's own "
+            f"token ids (slot {j}), so the model cannot tell them apart; {len(same)} such counterfactual(s) in this batch"
+        )
+
+
 @dataclass
 class CounterfactualCollator:
     """Collates counterfactual records (:data:`~hf_counterfactual.features.COUNTERFACTUAL_FEATURES`) for a dual encoder.
@@ -163,6 +176,8 @@ class CounterfactualCollator:
         # Keys of the token ids a text encoder reads (padding left out, whichever side it is on).
         text_keys = [content_key(ids[mask.bool()]) for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
         text_rows, new_text_row, text_key = _merge_equal_rows(text_keys)
+        text_index, cf_text_index = new_text_row[text_index], _remap(cf_text_index, new_text_row)
+        _reject_counterfactuals_read_as_their_caption(records, text_index, cf_text_index)
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         # An identical image (the same photo in two records) is encoded once.
         image_rows, new_image_row, image_key = _merge_equal_rows([content_key(pixels) for pixels in pixel_values])
@@ -171,8 +186,8 @@ class CounterfactualCollator:
             "attention_mask": encoded["attention_mask"][text_rows],
             "pixel_values": pixel_values[image_rows],
             "image_index": new_image_row[:batch_size],
-            "text_index": new_text_row[text_index],
-            "cf_text_index": _remap(cf_text_index, new_text_row),
+            "text_index": text_index,
+            "cf_text_index": cf_text_index,
             "cf_image_index": _remap(cf_image_index, new_image_row),
             "text_key": text_key,
             "image_key": image_key,

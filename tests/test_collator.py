@@ -63,6 +63,15 @@ def test_texts_equal_up_to_case_whitespace_or_token_ids_share_a_row(components):
     assert decode(processor, batch["input_ids"][0], batch["attention_mask"][0]) == records[0]["caption"]
 
 
+def test_counterfactual_with_the_captions_token_ids_names_the_item(components):
+    _, processor, records = components
+    # "zebra" and "giraffe" are both [UNK]: different strings, the same text to the model.
+    record = dict(records[1], caption="a red zebra")
+    record["counterfactuals"] = [dict(record["counterfactuals"][0], caption="a red giraffe"), *record["counterfactuals"][1:]]
+    with pytest.raises(InvalidRecordError, match=r"batch item 1 \(caption 'a red zebra'\).*own token ids"):
+        CounterfactualCollator(processor, num_counterfactuals=4)([records[0], record])
+
+
 def test_content_keys_follow_content(components):
     _, processor, records = components
     same_photo = dict(records[1], image=records[0]["image"].copy())  # equal pixels, another object
