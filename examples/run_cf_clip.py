@@ -19,6 +19,9 @@ by the cf-coco builder)::
         --model_name_or_path openai/clip-vit-base-patch32 --dataset_name org/cf-coco \\
         --objective cf-vlm --learning_rate 1e-6 --output_dir out --push_to_hub
 
+Resume an interrupted run with ``--resume_from_checkpoint last`` (the newest complete checkpoint in
+``--output_dir``) or a checkpoint folder.
+
 DeepSpeed: add ``--deepspeed examples/deepspeed/zero2.json`` (or ``zero3.json``). LoRA: ``--use_lora``
 (the adapters are merged before saving, so the result loads with plain ``from_pretrained``).
 """
@@ -26,6 +29,7 @@ DeepSpeed: add ``--deepspeed examples/deepspeed/zero2.json`` (or ``zero3.json``)
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -185,15 +189,40 @@ def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | No
 
 
 def parse_args(argv: list[str] | None = None):
+    """The three argument dataclasses. Without ``--model_name_or_path`` (however it is spelled: the
+    value decides, not the flag's spelling) :data:`EMBEDDED_DEFAULTS` replace the defaults of the
+    arguments the command line leaves unset; ``--help`` shows the defaults for a real checkpoint."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, CounterfactualTrainingArguments))
-    if not any(arg.startswith("--model_name_or_path") for arg in argv):
+    parser = HfArgumentParser((ModelArguments, DataArguments, CounterfactualTrainingArguments), description=__doc__)
+    model_args, *_ = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.model_name_or_path is None:
         parser.set_defaults(**EMBEDDED_DEFAULTS)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def checkpoint_to_resume(training_args) -> str | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: a folder, or ``last`` for the newest complete
+    ``checkpoint-N`` in ``output_dir``. A folder a kill interrupted mid-save (no ``trainer_state.json``,
+    which ``Trainer`` writes after the weights) is skipped with a warning, or is an error when named."""
+    wanted = training_args.resume_from_checkpoint
+    if wanted is None:
+        return None
+    if wanted != "last":
+        if not os.path.isfile(os.path.join(wanted, "trainer_state.json")):
+            raise FileNotFoundError(f"--resume_from_checkpoint {wanted}: not a complete checkpoint (no trainer_state.json)")
+        return wanted
+    pattern = os.path.join(training_args.output_dir, "checkpoint-*")
+    steps = {path: path.rsplit("-", 1)[-1] for path in glob.glob(pattern)}
+    for path in sorted((p for p, n in steps.items() if n.isdigit()), key=lambda p: int(steps[p]), reverse=True):
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+        logger.warning("Skipping %s: a half-written checkpoint (no trainer_state.json)", path)
+    raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint in {training_args.output_dir}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
+    resume = checkpoint_to_resume(training_args)  # before any work: a bad folder fails at once
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
@@ -219,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         benchmarks["held-out style"] = counterfactual_records_benchmark(heldout_style, name="held-out style") if main_process else None
     before = {name: evaluate_on_main_process(trainer.model, processor, b) for name, b in benchmarks.items()}
 
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
 
     if model_args.use_lora:  # a plain CLIPModel on disk, loadable without peft
         trainer.model = trainer.model.merge_and_unload()

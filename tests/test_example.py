@@ -83,3 +83,39 @@ def test_ablation_tables_average_each_evaluation_over_seeds():
     assert "| `clip` | 30.0 ± 10.0 |" in test_table and "| `grouping` | 85.0 ± 5.0 |" in test_table
     assert style_table.startswith("held-out rendering style")
     assert "| `clip` | 20.0 ± 10.0 |" in style_table and "| `grouping` | 80.0 ± 10.0 |" in style_table
+
+
+@pytest.mark.parametrize("flag", ["--model_name_or_path", "--model-name-or-path"])
+def test_embedded_defaults_follow_the_parsed_model_not_the_flags_spelling(flag):
+    model_args, _, training_args = run_cf_clip.parse_args([flag, "some/clip", "--output_dir", "x"])
+    assert model_args.model_name_or_path == "some/clip"
+    assert training_args.learning_rate == 5e-5 and training_args.num_train_epochs == 3  # TrainingArguments' own
+    # An explicit value still wins over an embedded default.
+    _, _, training_args = run_cf_clip.parse_args(["--learning_rate", "2e-4"])
+    assert training_args.learning_rate == 2e-4 and training_args.num_train_epochs == run_cf_clip.EMBEDDED_DEFAULTS["num_train_epochs"]
+
+
+def test_resume_from_the_last_complete_checkpoint(tmp_path, caplog):
+    out, cache = tmp_path / "out", ["--cache_dir", str(tmp_path / "cache")]
+    args = ["--output_dir", str(out), *cache, *SMALL, "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "4"]
+    run_cf_clip.main(args)
+    assert (out / "checkpoint-4" / "trainer_state.json").exists()
+    (out / "checkpoint-6").mkdir()  # killed mid-save: only the config was written
+    (out / "checkpoint-6" / "config.json").write_text("{}")
+    assert run_cf_clip.checkpoint_to_resume(run_cf_clip.parse_args([*args, "--resume_from_checkpoint", "last"])[2]) == str(out / "checkpoint-4")
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("checkpoint-[24]/*")}
+    with caplog.at_level("INFO"):
+        run_cf_clip.main([*args[:-1], "6", "--resume_from_checkpoint", "last"])
+    assert "half-written checkpoint" in caplog.text
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    # Steps 1-4 were not run again: their checkpoints are untouched (a restart rewrites them).
+    assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+
+
+def test_resume_from_an_incomplete_checkpoint_is_an_error_before_any_work(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        run_cf_clip.main(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        run_cf_clip.main(["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
