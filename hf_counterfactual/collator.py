@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -30,6 +31,17 @@ def load_image(value: Any, where: str) -> Image.Image:
             raise InvalidRecordError(f"{where}: unreadable image ({type(err).__name__}: {err})") from err
     else:
         raise InvalidRecordError(f"{where}: expected an image, got {type(value).__name__}")
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16- and 32-bit integer greyscale (``I;16`` PNGs) is scaled to 0-255 first:
+    Pillow's ``convert`` clips it instead, so an ordinary 16-bit photo would come out near-white."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image).astype(np.float64)
+        # Integer images hold 16-bit values (I;16, or I decoded from a 16-bit PNG); 8-bit data kept as I stays as is.
+        scale = 255.0 / 65535.0 if values.max(initial=0) > 255 else 1.0
+        image = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -147,7 +159,7 @@ class CounterfactualCollator:
         cf_image_index = torch.full((batch_size, k), -1, dtype=torch.long)
 
         for b, record in enumerate(records):
-            where = f"batch item {b} (caption {record.get('caption')!r})"
+            where = f"batch item {b} (caption {record.get('caption') if isinstance(record, Mapping) else None!r})"
             try:
                 validate_record(record, row=b, min_counterfactuals=k)
             except InvalidRecordError as err:

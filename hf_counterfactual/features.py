@@ -16,7 +16,7 @@ of the caption (and optionally of the image) that is *false* of the factual imag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from datasets import Features, Image, List, Value
@@ -82,6 +82,12 @@ def validate_record(record: Mapping[str, Any], row: int | str | None = None, *, 
     def fail(field: str, problem: str) -> None:
         raise InvalidRecordError(f"{where}, field {field!r}: {problem}")
 
+    if not isinstance(record, Mapping):
+        raise InvalidRecordError(f"{where}: expected a record (a mapping with {list(COUNTERFACTUAL_FEATURES)}), got {type(record).__name__}")
+    for name in ("paraphrases", "counterfactuals"):
+        # A string is iterable too: it would be read one character at a time.
+        if record.get(name) is not None and (isinstance(record[name], (str, bytes, Mapping)) or not isinstance(record[name], Sequence)):
+            fail(name, f"expected a list, got {type(record[name]).__name__}")
     missing = [name for name in ("image", "caption") if name not in record]
     if missing:
         fail(missing[0], "missing")
@@ -101,6 +107,8 @@ def validate_record(record: Mapping[str, Any], row: int | str | None = None, *, 
         )
     true_captions = {normalize_caption(c) for c in (caption, *(record.get("paraphrases") or []))}
     for i, cf in enumerate(counterfactuals):
+        if not isinstance(cf, Mapping):
+            fail(f"counterfactuals[{i}]", f"expected a mapping with 'caption', 'image', 'edit', 'source', 'score', got {type(cf).__name__}")
         cf_caption = cf.get("caption")
         if not isinstance(cf_caption, str) or not cf_caption.strip():
             fail(f"counterfactuals[{i}].caption", f"expected a non-empty string, got {cf_caption!r}")

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -186,3 +187,24 @@ def test_wrong_image_type_is_an_error(components):
     with pytest.raises(InvalidRecordError, match=r"field 'image'.*expected an image"):
         CounterfactualCollator(processor)([dict(records[0], image="cat.jpg")])
     assert isinstance(records[0]["image"], Image.Image)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_images_are_scaled_not_clipped(mode, tmp_path):
+    from hf_counterfactual.collator import load_image
+
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)  # uint16: a 16-bit greyscale PNG
+    opened = Image.open(path)
+    opened = opened if mode == "I;16" else opened.convert("I")
+    rgb = np.asarray(load_image({"path": str(path), "bytes": None} if mode == "I;16" else opened, "item"))
+    expected = np.rint(ramp / 257.0)
+    assert rgb.shape == (8, 8, 3) and np.abs(rgb[..., 0] - expected).max() <= 1
+    assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == 255  # convert("RGB") would clip most of it to 255
+
+
+def test_a_record_that_is_not_a_mapping_names_the_item(components):
+    _, processor, records = components
+    with pytest.raises(InvalidRecordError, match=r"batch item 1 .*expected a record"):
+        CounterfactualCollator(processor, num_counterfactuals=0)([records[0], None])

@@ -27,6 +27,9 @@ def test_a_good_record_passes_and_encodes():
         ({"caption": ""}, r"row 7, field 'caption': expected a non-empty string"),
         ({"image": None}, r"row 7, field 'image': expected an image, got NoneType"),
         ({"paraphrases": ["ok", 3]}, r"row 7, field 'paraphrases\[1\]'"),
+        ({"paraphrases": "one red circle"}, r"row 7, field 'paraphrases': expected a list, got str"),
+        ({"counterfactuals": "a blue circle"}, r"row 7, field 'counterfactuals': expected a list, got str"),
+        ({"counterfactuals": ["a blue circle"]}, r"row 7, field 'counterfactuals\[0\]': expected a mapping .* got str"),
         ({"counterfactuals": [{"caption": "a red circle", "image": None, "edit": "x", "source": "y"}]}, r"counterfactuals\[0\].caption.*also a true caption"),
         ({"counterfactuals": [{"caption": "one red circle", "image": None, "edit": "x", "source": "y"}]}, r"also a true caption"),
         # The same caption up to case and whitespace: the same token ids, so a negative of itself.
@@ -56,3 +59,9 @@ def test_normalize_caption_casefolds_and_collapses_whitespace(text, expected):
 
 def test_captions_that_differ_in_words_still_pass():
     validate_record(record(counterfactuals=[{"caption": "a red  square", "image": None, "edit": "x", "source": "y"}]), row=0)
+
+
+@pytest.mark.parametrize("bad", [None, "a red circle", ["a red circle"]])
+def test_a_record_that_is_not_a_mapping_names_the_row(bad):
+    with pytest.raises(InvalidRecordError, match=r"row 3: expected a record"):
+        validate_record(bad, row=3)

@@ -15,6 +15,7 @@ from numbers import Real
 
 from PIL import Image
 
+from ..collator import to_rgb
 from .core import MatchingBenchmark
 
 Box = tuple[float, float, float, float]
@@ -118,7 +119,8 @@ class ImageFolder:
             raise FileNotFoundError(f"image file not found: {path}{self._context(ref)}")
         try:
             with Image.open(path) as opened:
-                image = opened.convert("RGB")
+                opened.load()  # to_rgb may return the opened image itself, which must outlive the file
+                image = to_rgb(opened)
         except Exception as err:  # PIL raises several unrelated types for corrupt files
             raise ValueError(f"unreadable image file {path}{self._context(ref)}: {type(err).__name__}: {err}") from err
         if box is None:

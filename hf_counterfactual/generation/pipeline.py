@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..collator import to_rgb
 from ..features import normalize_caption
 from .filters import ImageTextMatchFilter, PixelChangeFilter, pixel_change
 from .image_edits import InpaintingEditor, box_mask, count_edit_masks, flip_counterfactual
@@ -243,7 +244,7 @@ class CounterfactualGenerator:
                 try:
                     image = Image.open(item.image) if isinstance(item.image, str) else item.image
                     image.load()
-                    images.append(image.convert("RGB"))
+                    images.append(to_rgb(image))
                 except (OSError, ValueError) as err:
                     images.append(None)
                     results[i] = SkipRecord(f"unreadable image ({type(err).__name__})")
