@@ -49,6 +49,7 @@ from hf_counterfactual import (
 )
 from hf_counterfactual.benchmarks import MatchingBenchmark, counterfactual_records_benchmark
 from hf_counterfactual.distributed import full_parameters
+from hf_counterfactual.features import InvalidRecordError, validate_record
 from hf_counterfactual.objectives import TERMS
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,22 @@ def load_data(data_args: DataArguments) -> datasets.DatasetDict:
         seed=data_args.scene_seed,
         cache_dir=data_args.cache_dir,
     )
+
+
+def select_split(raw: datasets.DatasetDict, name: str, flag: str) -> datasets.Dataset:
+    """Split ``name`` of ``raw``, its first rows checked against the record schema: a missing split or
+    a dataset of other columns (``image, text``) is an error that says what is there instead."""
+    if name not in raw:
+        raise KeyError(f"{flag} {name!r}: the dataset has no such split; its splits are {sorted(raw)}")
+    split = raw[name]
+    for row in range(min(len(split), 8)):
+        try:
+            validate_record(split[row], row=row)
+        except InvalidRecordError as err:
+            raise InvalidRecordError(
+                f"split {name!r} is not a dataset of counterfactual records (columns {split.column_names}): {err}"
+            ) from None
+    return split
 
 
 def load_model(model_args: ModelArguments, training_args: CounterfactualTrainingArguments, train: datasets.Dataset):
@@ -228,8 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
 
     raw = load_data(data_args)
-    train, test = raw[data_args.train_split], raw[data_args.test_split]
-    heldout_style = raw[data_args.heldout_style_split] if data_args.heldout_style_split else None
+    train, test = select_split(raw, data_args.train_split, "--train_split"), select_split(raw, data_args.test_split, "--test_split")
+    heldout_style = select_split(raw, data_args.heldout_style_split, "--heldout_style_split") if data_args.heldout_style_split else None
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_test_samples is not None:

@@ -38,7 +38,7 @@ def test_embedded_defaults_do_not_apply_to_real_checkpoints():
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"--test_split 'validation'.*splits are \['test', 'test_heldout_style', 'train'\]"):
         run_cf_clip.main(["--output_dir", str(tmp_path / "o"), "--num_train_scenes", "8", "--num_test_scenes", "4",
                           "--test_split", "validation", "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
 
@@ -119,3 +119,17 @@ def test_resume_from_an_incomplete_checkpoint_is_an_error_before_any_work(tmp_pa
         run_cf_clip.main(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         run_cf_clip.main(["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
+
+
+def test_a_dataset_of_other_columns_is_named_before_training(tmp_path):
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+
+    from hf_counterfactual.features import InvalidRecordError
+
+    rows = Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "text": ["a dog", "a cat"]})
+    folder = tmp_path / "captions"
+    DatasetDict({"train": rows, "test": rows}).save_to_disk(str(folder))
+    raw = DatasetDict.load_from_disk(str(folder))
+    with pytest.raises(InvalidRecordError, match=r"split 'train' is not a dataset of counterfactual records \(columns \['image', 'text'\]\).*row 0, field 'caption': missing"):
+        run_cf_clip.select_split(raw, "train", "--train_split")
