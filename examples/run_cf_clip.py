@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = {"before": before["test split"], "after": after["test split"]}
         if heldout_style is not None:
             results["heldout_style"] = {"before": before["held-out style"], "after": after["held-out style"]}
-        with open(os.path.join(training_args.output_dir, "winoground_results.json"), "w") as f:
+        with open(os.path.join(training_args.output_dir, "evaluation_results.json"), "w") as f:
             json.dump(results, f, indent=2)
     dataset_name = data_args.dataset_name or "procedural-scenes"
     if training_args.push_to_hub:

@@ -23,7 +23,7 @@ def test_embedded_default_runs_saves_and_reports(tmp_path):
     assert {"attribute", "object", "count"} <= set(results["after"])
     # The same facts in the held-out rendering: as many groups, other scores.
     assert results["heldout_style"]["after"]["all"]["count"] == results["after"]["all"]["count"]
-    assert json.loads((out / "winoground_results.json").read_text()) == results
+    assert json.loads((out / "evaluation_results.json").read_text()) == results
     model = CLIPModel.from_pretrained(out)
     assert len(AutoProcessor.from_pretrained(out).tokenizer) == model.config.text_config.vocab_size
     card = (out / "README.md").read_text()
