@@ -94,3 +94,26 @@ def test_a_callable_scorer_is_called_per_example():
 def test_truth_shape_is_checked():
     with pytest.raises(ValueError, match=r"example 'x': truth must be 1 x 2"):
         MatchingExample(id="x", images=(0,), texts=("a", "b"), truth=((True,),))
+
+
+def test_image_names_that_leave_the_images_folder_are_refused(tmp_path):
+    from hf_counterfactual.benchmarks.files import ImageFolder
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "secret.png").write_bytes(b"")
+    folder = ImageFolder(images, where={("../secret.png", None): "sugarcrepe/add_att.json, id 3"})
+    with pytest.raises(ValueError, match=r"'\.\./secret\.png' leaves the images folder.*add_att\.json, id 3"):
+        folder(("../secret.png", None))
+    with pytest.raises(ValueError, match="leaves the images folder"):
+        folder.check_files([(str(tmp_path / "secret.png"), None)])
+    assert folder.path(("sub/a.png", None)) == str(images / "sub" / "a.png")
+
+
+def test_a_non_utf8_annotation_file_is_named(tmp_path):
+    from hf_counterfactual.benchmarks.files import read_json
+
+    path = tmp_path / "add_att.json"
+    path.write_bytes('{"0": {"caption": "caf\u00e9"}}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"add_att\.json: SugarCrepe file is not UTF-8"):
+        read_json(path, "SugarCrepe file")

@@ -55,6 +55,8 @@ def read_json(path: str | os.PathLike, what: str, expected: type | tuple[type, .
             data = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {what} is not UTF-8 text ({err})") from err
     if not isinstance(data, expected):
         names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
         raise ValueError(f"{path}: expected a JSON {names}, got {type(data).__name__}")
@@ -96,7 +98,14 @@ class ImageFolder:
         self.where = dict(where or {})
 
     def path(self, ref: FileRef) -> str:
-        return os.path.join(self.root, ref[0])
+        """The file of ``ref``. Under a ``root``, a name that leaves it (absolute, or through ``..``) is a
+        ValueError: an annotation must not make the loader read files outside the images folder. (Loaders
+        that join several source folders themselves pass ``root=""`` and absolute paths.)"""
+        path = os.path.join(self.root, ref[0])
+        root = os.path.realpath(self.root)
+        if self.root and (os.path.isabs(ref[0]) or os.path.commonpath([root, os.path.realpath(path)]) != root):
+            raise ValueError(f"image file name {ref[0]!r} leaves the images folder {self.root}{self._context(ref)}")
+        return path
 
     def _context(self, ref: FileRef) -> str:
         where = self.where.get(ref)
