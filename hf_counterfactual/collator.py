@@ -39,8 +39,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     Pillow's ``convert`` clips it instead, so an ordinary 16-bit photo would come out near-white."""
     if image.mode.startswith("I"):
         values = np.asarray(image).astype(np.float64)
-        # Integer images hold 16-bit values (I;16, or I decoded from a 16-bit PNG); 8-bit data kept as I stays as is.
-        scale = 255.0 / 65535.0 if values.max(initial=0) > 255 else 1.0
+        # I;16* is 16-bit by its mode, even when dark. Plain I (32-bit) says nothing of its range: it is
+        # read as 16-bit data (as a 16-bit PNG converted to I is) unless every value fits in 8 bits.
+        sixteen_bit = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        scale = 255.0 / 65535.0 if sixteen_bit else 1.0
         image = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
 

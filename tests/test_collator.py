@@ -208,3 +208,11 @@ def test_a_record_that_is_not_a_mapping_names_the_item(components):
     _, processor, records = components
     with pytest.raises(InvalidRecordError, match=r"batch item 1 .*expected a record"):
         CounterfactualCollator(processor, num_counterfactuals=0)([records[0], None])
+
+
+def test_a_dark_16_bit_image_stays_dark():
+    from hf_counterfactual.collator import to_rgb
+
+    dark = Image.fromarray(np.full((4, 4), 200, dtype=np.uint16))  # I;16, far below full scale
+    assert dark.mode.startswith("I;16")
+    assert np.asarray(to_rgb(dark)).max() == 1  # 200 / 257, not 200 read as 8-bit
