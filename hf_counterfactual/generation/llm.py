@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 __all__ = ["CachedGenerator", "LLMStage", "model_name_of", "prompt_hash"]
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_hash(prompt: str) -> str:
@@ -41,8 +44,12 @@ class CachedGenerator:
     key (``model_name``, :func:`prompt_hash`) is not cached reach the model, each unique prompt
     once, in batches of ``batch_size`` with left padding; each batch is appended to
     ``cache_dir/cache_file`` as JSON lines ``{"model", "prompt_hash", "generation"}`` as soon as it
-    is done, so an interrupted run keeps what it paid for. A torn last line (a run killed while
-    writing) is skipped on load. Without ``cache_dir`` the cache lives in memory only.
+    is done, so an interrupted run keeps what it paid for. A torn line (a run killed while
+    writing) is skipped on load, with a warning counting the lines dropped; before the next append
+    a torn tail (the file does not end with a newline) is cut back to the last newline (or, when
+    the unterminated last line is a whole entry, given its newline), so that the new entries start
+    on a line of their own instead of being glued to the torn one and lost on the next load.
+    Without ``cache_dir`` the cache lives in memory only.
 
     :attr:`stats` counts prompts served from the cache (``"cached"``) and unique prompts run
     through the model (``"generated"``).
@@ -86,17 +93,61 @@ class CachedGenerator:
         if self.cache_path and os.path.exists(self.cache_path):
             self._load(self.cache_path)
 
+    @staticmethod
+    def _parse(line: str) -> tuple[tuple[str, str], str] | None:
+        """The (key, generation) of one cache line, or ``None`` when it is not a whole entry."""
+        try:
+            entry = json.loads(line)
+            return (entry["model"], entry["prompt_hash"]), entry["generation"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def _load(self, path: str) -> None:
-        with open(path, encoding="utf-8") as f:
+        dropped = 0
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()
                 if not line:
                     continue
-                try:
-                    entry = json.loads(line)
-                    self._cache[(entry["model"], entry["prompt_hash"])] = entry["generation"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from an interrupted run
+                parsed = self._parse(line)
+                if parsed is None:
+                    dropped += 1  # a torn line from an interrupted run
+                    continue
+                self._cache[parsed[0]] = parsed[1]
+        if dropped:
+            logger.warning("LLM cache %s: dropped %d torn line(s) that are not whole entries", path, dropped)
+
+    @staticmethod
+    def _repair_tail(path: str) -> None:
+        """Make ``path`` end with a newline before an append: an unterminated last line (a write
+        cut short) is cut off, or, when it is a whole entry, given its newline. Reads only the
+        tail (back to the last newline)."""
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return
+            # Find the last newline, reading backwards in blocks.
+            pos, block, cut = end, 1 << 16, 0
+            while pos > 0:
+                start = max(0, pos - block)
+                f.seek(start)
+                chunk = f.read(pos - start)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    cut = start + i + 1
+                    break
+                pos = start
+            f.seek(cut)
+            tail = f.read(end - cut)
+            if CachedGenerator._parse(tail.decode("utf-8", errors="replace").strip()) is not None:
+                f.seek(end)
+                f.write(b"\n")  # a whole entry that only lacks its newline: keep it
+            else:
+                f.truncate(cut)
+                logger.warning("LLM cache %s: cut off a torn last line (%d bytes) before appending", path, end - cut)
 
     def key(self, prompt: str) -> tuple[str, str]:
         """The cache key of ``prompt`` under the current :attr:`model_name`."""
@@ -131,6 +182,8 @@ class CachedGenerator:
                 new_entries.append({"model": keys[i][0], "prompt_hash": keys[i][1], "generation": generation})
             if self.cache_path:
                 os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
+                if os.path.exists(self.cache_path):
+                    self._repair_tail(self.cache_path)
                 with open(self.cache_path, "a", encoding="utf-8") as f:
                     for entry in new_entries:
                         f.write(json.dumps(entry, ensure_ascii=False) + "\n")
