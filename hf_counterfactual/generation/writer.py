@@ -35,6 +35,11 @@ Resume protocol:
    **adopted** if its footer parses and its entry continues the committed ones exactly (next shard
    number, range starting where the last one ended); otherwise it, and every later file, is
    removed and redone. Generation restarts at the end of the last committed range.
+4. Every shard kept on start (committed or adopted) is verified in full, once: all its row
+   groups are read back with Parquet page checksum verification (shards are written with page
+   checksums) and its row count checked against its entry, so a shard whose data pages were
+   damaged while its footer stayed intact is removed and regenerated like a missing one (the
+   reason logged), not published. :func:`finalize` verifies every shard it publishes the same way.
 
 Because shard boundaries depend only on the input (a shard closes after ``records_per_shard``
 records, a range always starts where the previous committed one ended), a resumed run writes the
@@ -165,6 +170,48 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def verify_shard(path: str | os.PathLike, expected: Mapping[str, Any] | None = None) -> str | None:
+    """Why the shard at ``path`` is not whole, or ``None`` when it is.
+
+    Reads the whole file once: its footer and the progress entry stored there (which must name the
+    file and count its rows), then every row group, with Parquet page checksum verification (the
+    writer stores page checksums; shards without them are only decoded), and checks that the rows
+    read add up to the entry's ``num_records``. With ``expected`` (the shard's entry in a progress
+    file) the footer entry must also agree with it on file, input range and record count. A
+    damaged data page behind an intact footer fails here, where :func:`pyarrow.parquet.read_metadata`
+    alone would accept it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    except Exception as err:
+        return f"unreadable footer ({type(err).__name__}: {err})"
+    try:
+        with parquet:
+            try:
+                entry = json.loads((parquet.schema_arrow.metadata or {})[METADATA_KEY])
+            except Exception as err:
+                return f"no progress entry in its footer ({type(err).__name__}: {err})"
+            if not isinstance(entry, dict) or entry.get("file") != path.name:
+                return "its footer entry names another file"
+            if entry.get("num_records") != parquet.metadata.num_rows:
+                return f"its footer entry counts {entry.get('num_records')} records, the footer {parquet.metadata.num_rows} rows"
+            if expected is not None:
+                for key in ("file", "start", "end", "num_records"):
+                    if entry.get(key) != expected.get(key):
+                        return f"its footer entry has {key}={entry.get(key)!r}, the progress file {expected.get(key)!r}"
+            rows = 0
+            for i in range(parquet.num_row_groups):
+                rows += parquet.read_row_group(i).num_rows
+    except Exception as err:
+        return f"damaged data ({type(err).__name__}: {err})"
+    if rows != entry["num_records"]:
+        return f"{rows} rows read back, {entry['num_records']} expected"
+    return None
+
+
 def _env_int(names: Iterable[str], default: int) -> int:
     for name in names:
         if os.environ.get(name):
@@ -251,7 +298,8 @@ class ShardedRecordWriter:
         return shards[-1]["end"] if shards else self._progress["start"]
 
     def _read_footer_entry(self, path: Path) -> dict[str, Any] | None:
-        """The progress entry stored in a shard's footer, or None if the file does not parse."""
+        """The progress entry stored in a shard's footer, or None if the footer does not parse.
+        Reads the footer only: :func:`verify_shard` is what checks the data."""
         try:
             meta = pq.read_metadata(path)
             entry = json.loads((meta.metadata or {})[METADATA_KEY])
@@ -260,6 +308,10 @@ class ShardedRecordWriter:
             return entry
         except Exception:  # truncated, foreign or corrupt file
             return None
+
+    def _verify(self, path: Path, expected: Mapping[str, Any] | None = None) -> str | None:
+        """:func:`verify_shard` (a hook for tests)."""
+        return verify_shard(path, expected)
 
     def _remove(self, path: Path, why: str) -> None:
         logger.warning("rank %d: removing %s (%s)", self.rank, path, why)
@@ -283,11 +335,18 @@ class ShardedRecordWriter:
         for tmp in self.data_dir.glob(f".{self.split}-r{self.rank:05d}-*.tmp"):
             self._remove(tmp, "unfinished write")
 
-        # Committed shards must still be there; truncate the progress at the first one that is not.
+        # Committed shards must still be there and whole (read back in full, once per start):
+        # truncate the progress at the first one that is not, and remove it.
         shards = self._progress["shards"]
         for i, entry in enumerate(shards):
-            if entry["file"] is not None and self._read_footer_entry(self.data_dir / entry["file"]) is None:
-                logger.warning("rank %d: committed shard %s is missing or unreadable; redoing from it", self.rank, entry["file"])
+            if entry["file"] is None:
+                continue
+            path = self.data_dir / entry["file"]
+            why = self._verify(path, entry)
+            if why is not None:
+                logger.warning("rank %d: committed shard %s is %s; redoing from it", self.rank, entry["file"], why)
+                if path.exists():
+                    self._remove(path, why)
                 del shards[i:]
                 self._progress["complete"] = False
                 break
@@ -304,9 +363,13 @@ class ShardedRecordWriter:
             entry = self._read_footer_entry(path)
             next_n = sum(e["file"] is not None for e in shards)
             if entry is not None and n == next_n and entry.get("start") == self._next_start() and entry.get("end", -1) <= self._progress["end"]:
-                logger.info("rank %d: adopting %s (written before the progress update was)", self.rank, path.name)
-                shards.append(entry)
-                changed = True
+                why = self._verify(path, entry)  # read in full only when it would be adopted
+                if why is None:
+                    logger.info("rank %d: adopting %s (written before the progress update was)", self.rank, path.name)
+                    shards.append(entry)
+                    changed = True
+                else:
+                    self._remove(path, why)
             else:
                 self._remove(path, "not a continuation of the committed shards")
         if changed or not self.progress_path.exists():
@@ -316,7 +379,8 @@ class ShardedRecordWriter:
 
     def _write_parquet_tmp(self, table: pa.Table, tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, row_group_size=min(100, max(1, table.num_rows)))
+            # Page checksums let verify_shard catch damaged data pages behind an intact footer.
+            pq.write_table(table, f, row_group_size=min(100, max(1, table.num_rows)), write_page_checksum=True)
             f.flush()
             os.fsync(f.fileno())
 
@@ -502,6 +566,7 @@ def finalize(
     dataset_card: str | Callable[[dict[str, Any]], str] | None = None,
     require_complete: bool = True,
     features: Features = COUNTERFACTUAL_FEATURES,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Makes ``output_dir`` loadable with ``datasets.load_dataset(output_dir)`` and writes its stats.
 
@@ -513,9 +578,16 @@ def finalize(
     split: records, skips by reason, counterfactuals by edit kind and source, per-item counters,
     merged over ranks).
 
+    Nothing is published unless every shard the ``configs:`` glob would serve is one that a
+    progress file commits and that is whole: with ``verify`` (the default) each shard is read back
+    in full once (:func:`verify_shard`: page checksums, row count against its entry), so a shard
+    damaged after it was written is refused, not served; ``verify=False`` skips that read (only
+    the files' presence is checked).
+
     Raises:
         RuntimeError: a split has a missing or unfinished process (unless ``require_complete=False``)
-            or no records at all.
+            or no records at all; a committed shard is missing or damaged (rerun the writer: it
+            regenerates such shards); a shard file that no progress file commits would be published.
     """
     import yaml
     from datasets import DatasetInfo, SplitDict, SplitInfo
@@ -545,6 +617,25 @@ def finalize(
             total.update(progress_stats(p))
         if total.num_shards == 0:
             raise RuntimeError(f"split {split!r} has no records: datasets cannot load an empty split")
+        problems = []
+        committed = {}
+        for p in progresses:
+            for entry in p["shards"]:
+                if entry["file"] is not None:
+                    committed[entry["file"]] = entry
+        for name, entry in sorted(committed.items()):
+            path = output_dir / "data" / name
+            why = verify_shard(path, entry) if verify else (None if path.is_file() else "missing")
+            if why is not None:
+                problems.append(f"data/{name} is {why}")
+        for path in sorted((output_dir / "data").glob(f"{split}-r*.parquet")):
+            if path.name not in committed:
+                problems.append(f"data/{path.name} is committed by no progress file")
+        if problems:
+            raise RuntimeError(
+                f"split {split!r}: not publishing damaged or unknown shards: {'; '.join(problems)}; "
+                "rerun the writer on every rank (it removes and regenerates such shards), then finalize again"
+            )
         all_stats[split] = {"world_size": world_size, **total.to_dict()}
         data_files.append({"split": split, "path": f"data/{split}-r*.parquet"})
         num_bytes = sum(path.stat().st_size for path in (output_dir / "data").glob(f"{split}-r*.parquet"))
