@@ -27,6 +27,7 @@ Two editors, both returning :class:`TextEdit` (``caption``, ``edit``, ``source``
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -42,6 +43,8 @@ from ..benchmarks.aro import (
 )
 from ..features import normalize_caption
 from .llm import LLMStage
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -388,7 +391,12 @@ class RuleBasedEditor:
     Every edit differs from the caption under :func:`~hf_counterfactual.features.normalize_caption`
     (case and whitespace ignored: the same tokens are no edit); duplicates (same normalised edited
     caption) keep the first, in ``kinds`` order. Dropped candidates are counted in :attr:`stats`
-    (``rejected_same_as_caption``, ``rejected_duplicate``). "a"/"an" is re-chosen before every
+    (``rejected_same_as_caption``, ``rejected_duplicate``). The number of edits grows with the
+    caption's length (one per editable word, each a full copy of the caption, so the output grows
+    with its square); two caps keep a runaway caption (a scraped paragraph, a concatenation) from
+    stalling a run: a caption of more than ``max_caption_words`` words is not parsed and gets no
+    edit (counted as ``skipped_caption_too_long``), and past ``max_edits_per_caption`` edits the
+    rest are dropped (counted, one per edit, as ``dropped_over_max_edits``). "a"/"an" is re-chosen before every
     changed word. Choices (replacement words, shuffles) are drawn from ``random.Random`` seeded with (``seed``, caption), so the
     output is deterministic for a seed and independent of batch composition.
 
@@ -398,6 +406,16 @@ class RuleBasedEditor:
         kinds: the edit kinds to produce, in the order they are returned.
         seed: seed of the random choices.
         vocab: entries overriding :data:`DEFAULT_VOCAB` (same keys).
+        max_caption_words: captions with more whitespace-separated words than this are skipped
+            before parsing (no edits; ``stats["skipped_caption_too_long"]``). Edit work and output
+            grow with the square of the caption length (a 6,000-word caption gives ~2,000 edits,
+            each 6,000 words, and takes seconds), while image captions are short (COCO's average
+            about 10 words), so a caption this long is almost surely not one. ``None``: no cap.
+        max_edits_per_caption: at most this many edits per caption, the first ones in the usual
+            (``kinds``, then caption) order; the others are counted in
+            ``stats["dropped_over_max_edits"]``. The pipeline keeps only a few counterfactuals per
+            record anyway; the cap bounds memory and downstream work. Ordinary captions give far
+            fewer (about 5 to 25). ``None``: no cap.
     """
 
     def __init__(
@@ -407,10 +425,15 @@ class RuleBasedEditor:
         kinds: Sequence[str] = RULE_KINDS,
         seed: int = 0,
         vocab: dict | None = None,
+        max_caption_words: int | None = 64,
+        max_edits_per_caption: int | None = 32,
     ):
         unknown = [kind for kind in kinds if kind not in RULE_KINDS]
         if unknown:
             raise ValueError(f"unknown edit kinds {unknown}; choose from {RULE_KINDS}")
+        for name, value in (("max_caption_words", max_caption_words), ("max_edits_per_caption", max_edits_per_caption)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if nlp is None:
             try:
                 import spacy
@@ -427,6 +450,8 @@ class RuleBasedEditor:
         self.kinds = tuple(kinds)
         self.seed = seed
         self.vocab = {**DEFAULT_VOCAB, **(vocab or {})}
+        self.max_caption_words = max_caption_words
+        self.max_edits_per_caption = max_edits_per_caption
         self.stats: Counter = Counter()
         self._category = {word: cat for cat, words in self.vocab["objects"].items() for word in words}
         self._relations = sorted(
@@ -440,19 +465,33 @@ class RuleBasedEditor:
         return self.edit_batch([caption])[0]
 
     def edit_batch(self, captions: list[str], batch_size: int = 256) -> list[list[TextEdit]]:
-        """:meth:`edit` for many captions, parsed with ``nlp.pipe``."""
+        """:meth:`edit` for many captions, parsed with ``nlp.pipe``; captions over
+        ``max_caption_words`` are not parsed and get ``[]``."""
         captions = [c if isinstance(c, str) else "" for c in captions]
-        docs = list(self.nlp.pipe(captions, batch_size=batch_size))
-        word_docs: list = [None] * len(captions)
+        cap = self.max_caption_words
+        kept = [i for i, c in enumerate(captions) if cap is None or len(c.split()) <= cap]
+        skipped = len(captions) - len(kept)
+        if skipped:
+            if not self.stats["skipped_caption_too_long"]:
+                logger.warning(
+                    "RuleBasedEditor: skipping %d caption(s) of more than max_caption_words=%d words (no edits); "
+                    "further skips are only counted in stats['skipped_caption_too_long']", skipped, cap,
+                )
+            self.stats["skipped_caption_too_long"] += skipped
+        out: list[list[TextEdit]] = [[] for _ in captions]
+        docs = list(self.nlp.pipe((captions[i] for i in kept), batch_size=batch_size))
+        word_docs: list = [None] * len(kept)
         if "order" in self.kinds:
             from spacy.tokens import Doc
 
-            stripped = [self._order_text(c) for c in captions]
-            nonempty = [i for i, s in enumerate(stripped) if s.split()]
-            parsed = self.nlp.pipe((Doc(self.nlp.vocab, words=stripped[i].split()) for i in nonempty), batch_size=batch_size)
-            for i, wdoc in zip(nonempty, parsed):
-                word_docs[i] = wdoc
-        return [self._edits(caption, doc, wdoc) for caption, doc, wdoc in zip(captions, docs, word_docs)]
+            stripped = [self._order_text(captions[i]) for i in kept]
+            nonempty = [j for j, s in enumerate(stripped) if s.split()]
+            parsed = self.nlp.pipe((Doc(self.nlp.vocab, words=stripped[j].split()) for j in nonempty), batch_size=batch_size)
+            for j, wdoc in zip(nonempty, parsed):
+                word_docs[j] = wdoc
+        for i, doc, wdoc in zip(kept, docs, word_docs):
+            out[i] = self._edits(captions[i], doc, wdoc)
+        return out
 
     # -- per caption -----------------------------------------------------------------------------
 
@@ -475,6 +514,9 @@ class RuleBasedEditor:
                     self.stats["rejected_same_as_caption" if key == original else "rejected_duplicate"] += 1
                     continue
                 seen.add(key)
+                if self.max_edits_per_caption is not None and len(out) >= self.max_edits_per_caption:
+                    self.stats["dropped_over_max_edits"] += 1
+                    continue
                 out.append(TextEdit(caption=new_caption.strip(), edit=kind, source="rule", old=old, new=new, target=target))
         return out
 
