@@ -7,11 +7,11 @@ so each distinct image and text is encoded exactly once per step whatever the nu
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from PIL import Image
@@ -19,16 +19,26 @@ from PIL import Image
 from .features import InvalidRecordError, normalize_caption, validate_record
 
 
+_DATASETS_IMAGE = datasets.Image()
+
+
 def load_image(value: Any, where: str) -> Image.Image:
-    """Returns an RGB ``PIL.Image`` from a decoded or undecoded ``datasets`` image, or raises naming ``where``."""
+    """Returns an RGB ``PIL.Image`` from a decoded or undecoded ``datasets`` image, or raises naming ``where``.
+
+    An undecoded image (a ``{"bytes", "path"}`` dict: a column cast to ``Image(decode=False)``, see
+    :func:`~hf_counterfactual.features.defer_image_decoding`) is decoded by ``datasets.Image`` itself,
+    as indexing the decoding dataset would have (EXIF orientation applied, a Hub path read), so both
+    give the same pixels; a file it cannot read is an :class:`InvalidRecordError` naming ``where``.
+    """
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, Mapping) and (value.get("bytes") is not None or value.get("path") is not None):
+        path = value.get("path")
         try:
-            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"])
-            image.load()
+            image = _DATASETS_IMAGE.decode_example({"bytes": value.get("bytes"), "path": path})
         except Exception as err:  # PIL raises several unrelated types for corrupt files
-            raise InvalidRecordError(f"{where}: unreadable image ({type(err).__name__}: {err})") from err
+            named = f" {path!r}" if path else ""
+            raise InvalidRecordError(f"{where}: unreadable image{named} ({type(err).__name__}: {err})") from err
     else:
         raise InvalidRecordError(f"{where}: expected an image, got {type(value).__name__}")
     return to_rgb(image)

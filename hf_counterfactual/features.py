@@ -16,10 +16,13 @@ of the caption (and optionally of the image) that is *false* of the factual imag
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from datasets import Features, Image, List, Value
+import datasets
+from datasets import Features, Image, LargeList, List, Value
+from datasets.fingerprint import Hasher
 
 #: Edit kinds produced by the generators in this package. Other strings are allowed in data
 #: (the schema is open), but these are the ones the evaluation breaks results down by.
@@ -41,6 +44,71 @@ COUNTERFACTUAL_FEATURES = Features(
         ),
     }
 )
+
+
+#: The columns of :data:`COUNTERFACTUAL_FEATURES` that hold images (``image``, and ``image`` inside
+#: ``counterfactuals``): the ones :func:`defer_image_decoding` leaves undecoded by default.
+IMAGE_COLUMNS = ("image", "counterfactuals")
+
+
+def _undecoded(feature):
+    """``feature`` with every decoding :class:`datasets.Image` in it (nested in dicts and lists too)
+    replaced by the same image feature with ``decode=False``; the Arrow storage type is unchanged."""
+    if isinstance(feature, Image):
+        return dataclasses.replace(feature, decode=False) if feature.decode else feature
+    if isinstance(feature, dict):
+        return type(feature)({name: _undecoded(value) for name, value in feature.items()})
+    if isinstance(feature, list):
+        return [_undecoded(value) for value in feature]
+    if isinstance(feature, (List, LargeList)):
+        return dataclasses.replace(feature, feature=_undecoded(feature.feature))
+    return feature
+
+
+def defer_image_decoding(dataset, columns: Iterable[str] | None = None):
+    """``dataset`` with its image columns cast to ``datasets.Image(decode=False)``, so that its rows
+    hold ``{"bytes", "path"}`` dicts and the images are decoded by whoever reads the row.
+
+    Meant for the training and evaluation datasets handed to
+    :class:`~hf_counterfactual.collator.CounterfactualCollator` (the training command calls it on
+    its train and eval datasets): ``datasets`` decodes an ``Image()`` column while the row is
+    indexed, so a corrupt image fails inside ``datasets`` with an error that names no row. The
+    collator decodes undecoded images itself, exactly as ``datasets`` would (the same
+    ``Image.decode_example``, then the collator's usual RGB conversion), and a corrupt one is an
+    error naming the batch item and the field (``image``, ``counterfactuals[2].image``).
+
+    Args:
+        dataset: a ``datasets.Dataset`` or ``IterableDataset`` (or a ``DatasetDict`` /
+            ``IterableDatasetDict``: every split), or anything else, returned as it is (a list of
+            records holds what it holds).
+        columns: the columns to defer; by default :data:`IMAGE_COLUMNS`, the image columns of the
+            record schema (``image`` and ``counterfactuals[].image``). Columns the dataset lacks
+            are skipped.
+
+    Only the schema changes: the Arrow data (memory-mapped cache files included) is shared, not
+    rewritten, and the format (``set_format`` / ``set_transform``) is kept. An ``Image(mode=...)``
+    feature's mode conversion is not applied to deferred images (the collator converts to RGB anyway).
+    """
+    columns = IMAGE_COLUMNS if columns is None else tuple(columns)
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(dataset)({split: defer_image_decoding(part, columns) for split, part in dataset.items()})
+    features = getattr(dataset, "features", None)
+    if not isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)) or features is None:
+        return dataset
+    deferred = Features({name: _undecoded(feature) if name in columns else feature for name, feature in features.items()})
+    if deferred == features:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.cast(deferred)  # only the schema of the rows yet to be read
+    # Dataset.cast would rewrite every row through a map (a copy of every image); the storage type
+    # of Image(decode=False) is that of Image(), so the same table with the new schema suffices.
+    info = dataset.info.copy()
+    info.features = deferred
+    fingerprint = Hasher.hash([getattr(dataset, "_fingerprint", None), "defer_image_decoding", sorted(columns)])
+    undecoded = datasets.Dataset(
+        dataset.data, info=info, split=dataset.split, indices_table=getattr(dataset, "_indices", None), fingerprint=fingerprint
+    )
+    return undecoded.with_format(**dataset.format)
 
 
 def normalize_caption(text: str) -> str:
