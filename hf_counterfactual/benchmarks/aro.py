@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import file_benchmark, read_json, require_strings, xywh_box
+from .files import check_relative, file_benchmark, read_json, require_strings, xywh_box
 
 # The relations that the ARO repository leaves out of VG-Relation's macro accuracy
 # (``symmetric`` in notebooks/"Replicate ARO! VG-Relation, VG-Attribution.ipynb" of
@@ -260,6 +260,30 @@ def shuffle_all_but_nouns_and_adjectives(caption, rng: random.Random, nlp=None, 
     return " ".join(words)
 
 
+def _entry(value, keys: Sequence[str], where: str, what: str) -> Mapping:
+    """``value`` checked to be an object holding every one of ``keys``; ``where`` names the file and entry."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected an object with {list(keys)} ({what}), got {type(value).__name__}")
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise ValueError(f"{where}: missing {missing} ({what} has {list(keys)}; this one has {sorted(map(str, value))})")
+    return value
+
+
+def _image_name(name, where: str, key: str) -> str:
+    """An image file name read from a captions file: a non-empty string relative to the images folder."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: {key!r} must be a non-empty file name, got {name!r}")
+    check_relative(name, where, f"{key!r}")
+    return name
+
+
+def _caption_text(caption, where: str) -> str:
+    if not isinstance(caption, str):
+        raise ValueError(f"{where}: 'caption' must be a string, got {caption!r}")
+    return caption
+
+
 def coco_captions(annotation_file: str | os.PathLike) -> list[dict[str, str]]:
     """``[{"image": file, "caption": str}, ...]`` from a captions file, in file order:
 
@@ -269,24 +293,43 @@ def coco_captions(annotation_file: str | os.PathLike) -> list[dict[str, str]]:
     - a Karpathy-split file as the ARO code uses (``coco_karpathy_test.json``,
       ``flickr30k_test.json`` from the BLIP repository: ``[{"image": path, "caption": [str, ...]}]``):
       one entry per caption, ``image`` as given (relative to the COCO root or the Flickr30k root).
+
+    Raises:
+        FileNotFoundError: a missing file.
+        ValueError: a file of neither layout, or an entry without a key it needs (``images[k]``
+            without ``id`` / ``file_name``, ``annotations[k]`` without ``image_id`` / ``caption``,
+            a list entry without ``image`` / ``caption``), of the wrong type, referring to an
+            unknown image, or an image name that is not relative to the images folder (absolute,
+            or through ``..``); each names the file and the entry.
     """
     path = os.fspath(annotation_file)
     data = read_json(path, "captions file")
     out: list[dict[str, str]] = []
     if isinstance(data, dict) and "annotations" in data and "images" in data:
-        files = {image["id"]: image["file_name"] for image in data["images"]}
+        for key in ("images", "annotations"):
+            if not isinstance(data[key], list):
+                raise ValueError(f"{path}: {key!r} must be a list, got {type(data[key]).__name__}")
+        files = {}
+        for k, image in enumerate(data["images"]):
+            here = f"{path}, images[{k}]"
+            image = _entry(image, ("id", "file_name"), here, "a COCO image")
+            files[image["id"]] = _image_name(image["file_name"], here, "file_name")
         for k, ann in enumerate(data["annotations"]):
-            if ann.get("image_id") not in files:
-                raise ValueError(f"{path}: annotation {k} refers to unknown image_id {ann.get('image_id')!r}")
-            out.append({"image": files[ann["image_id"]], "caption": ann["caption"]})
+            here = f"{path}, annotations[{k}]"
+            ann = _entry(ann, ("image_id", "caption"), here, "a COCO caption annotation")
+            if ann["image_id"] not in files:
+                raise ValueError(f"{here}: refers to unknown image_id {ann['image_id']!r} (not an 'id' in 'images')")
+            out.append({"image": files[ann["image_id"]], "caption": _caption_text(ann["caption"], here)})
     elif isinstance(data, list):
         for k, entry in enumerate(data):
-            if not isinstance(entry, Mapping) or "image" not in entry or "caption" not in entry:
-                raise ValueError(f"{path}: entry {k} must have 'image' and 'caption'")
+            here = f"{path}, entry {k}"
+            entry = _entry(entry, ("image", "caption"), here, "a Karpathy-split entry")
+            image = _image_name(entry["image"], here, "image")
             captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-            out.extend({"image": entry["image"], "caption": caption} for caption in captions)
+            out.extend({"image": image, "caption": _caption_text(caption, here)} for caption in captions)
     else:
-        raise ValueError(f"{path}: expected COCO captions ({{'images', 'annotations'}}) or a Karpathy-split list")
+        keys = f" (it has {sorted(map(str, data))})" if isinstance(data, dict) else ""
+        raise ValueError(f"{path}: expected COCO captions ({{'images', 'annotations'}}) or a Karpathy-split list{keys}")
     return out
 
 

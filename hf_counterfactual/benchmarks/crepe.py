@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import ImageFolder, annotation_files, xywh_box
+from .files import ImageFolder, annotation_files, join_inside, xywh_box
 
 _SOURCE = "CREPE (Ma et al. 2023), github.com/RAIVNLab/CREPE"
 CREPE_NEGATIVE_TYPES = {"systematicity": ("atom", "comp"), "productivity": ("atom", "swap", "negate")}
@@ -64,7 +64,7 @@ def _number(value: str, column: str, where: str):
 
 def _find_image(folders: Sequence[str], image_id: str, where: str) -> str:
     for folder in folders:
-        path = os.path.join(folder, f"{image_id}.jpg")
+        path = join_inside(folder, f"{image_id}.jpg", where)
         if os.path.isfile(path):
             return path
     raise FileNotFoundError(f"image file not found: {image_id}.jpg in any of {list(folders)} (used by {where})")
@@ -110,7 +110,8 @@ def crepe_benchmark(
     Raises:
         ValueError: a file name that is not the authors', an unknown ``negative_type``, a missing
             column or a malformed row (naming the file and row; rows count from 0, the header
-            excluded, as ``pandas`` does).
+            excluded, as ``pandas`` does), an ``image_id`` whose file would leave the image folders
+            (absolute or through ``..``).
         FileNotFoundError: a missing CSV, or an image no folder has (naming the row).
     """
     known = {t for types in CREPE_NEGATIVE_TYPES.values() for t in types}

@@ -84,6 +84,29 @@ def xywh_box(x, y, w, h, where: str) -> Box:
     return (x, y, x + w, y + h)
 
 
+def check_relative(name: str, where: str | None = None, what: str = "image file name", folder: str | os.PathLike | None = None) -> None:
+    """Raises a ValueError when ``name``, read from an annotation file, would leave the folder it is
+    relative to: an absolute name, or one with more ``..`` than folders (``../x.jpg``,
+    ``a/../../x.jpg``). ``where`` names the annotation (file and entry) that gave the name, ``what``
+    what the name is ("image file name", "dataset folder name"), ``folder`` the folder when known.
+
+    The check is on the name, not on where symbolic links lead: a folder whose files are links to
+    elsewhere (the Hugging Face Hub cache links its snapshots' files to blobs) is still that folder.
+    """
+    normalized = os.path.normpath(name)
+    if os.path.isabs(name) or normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
+        into = f" {os.fspath(folder)}" if folder is not None else " (absolute, or through '..')"
+        used_by = f" (used by {where})" if where else ""
+        raise ValueError(f"{what} {name!r} leaves the images folder{into}{used_by}")
+
+
+def join_inside(folder: str | os.PathLike, name: str, where: str | None = None, what: str = "image file name") -> str:
+    """``folder/name`` for a ``name`` read from an annotation file, or the ValueError of
+    :func:`check_relative` (naming ``where``, the annotation) when the name leaves ``folder``."""
+    check_relative(name, where, what, folder)
+    return os.path.join(os.fspath(folder), name)
+
+
 class ImageFolder:
     """Loads ``(relative_path, box)`` references from files under ``root`` as RGB images.
 
@@ -99,13 +122,12 @@ class ImageFolder:
 
     def path(self, ref: FileRef) -> str:
         """The file of ``ref``. Under a ``root``, a name that leaves it (absolute, or through ``..``) is a
-        ValueError: an annotation must not make the loader read files outside the images folder. (Loaders
-        that join several source folders themselves pass ``root=""`` and absolute paths.)"""
-        path = os.path.join(self.root, ref[0])
-        root = os.path.realpath(self.root)
-        if self.root and (os.path.isabs(ref[0]) or os.path.commonpath([root, os.path.realpath(path)]) != root):
-            raise ValueError(f"image file name {ref[0]!r} leaves the images folder {self.root}{self._context(ref)}")
-        return path
+        ValueError (:func:`join_inside`): an annotation must not make the loader read files outside the
+        images folder. (Loaders that join several source folders themselves, with :func:`join_inside`,
+        pass ``root=""`` and the joined paths.)"""
+        if not self.root:
+            return ref[0]
+        return join_inside(self.root, ref[0], self.where.get(ref))
 
     def _context(self, ref: FileRef) -> str:
         where = self.where.get(ref)

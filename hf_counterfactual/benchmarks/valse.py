@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from numbers import Real
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import annotation_files, file_benchmark, read_json, require_strings
+from .files import annotation_files, file_benchmark, join_inside, read_json, require_strings
 
 # file name (without .json, "_" read as "-") -> the VALSE piece it belongs to (the paper's Table 1)
 VALSE_PIECES = {
@@ -91,7 +91,8 @@ def valse_benchmark(
 
     Raises:
         ValueError: a malformed file or entry (naming the file and id), an entry whose ``dataset``
-            has no folder in the mapping, or a bad ``subset_by``.
+            has no folder in the mapping, an ``image_file`` (or, with a root folder, a ``dataset``)
+            that leaves its folder (absolute or through ``..``), or a bad ``subset_by``.
         FileNotFoundError: a missing annotation file, or an image file an entry names (naming it).
     """
     if subset_by not in ("instrument", "piece"):
@@ -134,9 +135,9 @@ def valse_benchmark(
             if mapping is not None:
                 if dataset not in mapping:
                     raise ValueError(f"{here}: no image folder for dataset {dataset!r}; images_dir has {sorted(mapping)}")
-                file = os.path.join(mapping[dataset], entry["image_file"])
+                file = join_inside(mapping[dataset], entry["image_file"], here)
             else:
-                file = os.path.join(root, dataset, entry["image_file"])
+                file = join_inside(join_inside(root, dataset, here, "dataset folder name"), entry["image_file"], here)
             ref = (file, None)
             where.setdefault(ref, here)
             for k, foil in enumerate(foils):

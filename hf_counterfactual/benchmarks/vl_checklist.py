@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from .core import MatchingBenchmark, MatchingExample
-from .files import annotation_files, file_benchmark, read_json
+from .files import annotation_files, file_benchmark, join_inside, read_json
 
 _SOURCE = "VL-CheckList (Zhao et al. 2022), github.com/om-ai-lab/VL-CheckList"
 _TOP = ("Attribute", "Object", "Relation")
@@ -137,8 +137,9 @@ def vl_checklist_benchmark(
     files, therefore always fail, as in their evaluation). ``"macro"`` averages over the subsets.
 
     Raises:
-        ValueError: a bad option, a malformed file or item (naming the file and item), a path whose
-            category cannot be read, or a corpus without an image folder.
+        ValueError: a bad option, a malformed file or item (naming the file and item), an image
+            path that leaves its image folder (absolute or through ``..``), a path whose category
+            cannot be read, or a corpus without an image folder.
         FileNotFoundError: a missing annotation file, or (unless ``skip_missing_images``) a missing
             image file (naming the item that uses it).
     """
@@ -176,7 +177,7 @@ def vl_checklist_benchmark(
                 chosen = list(zip(positives, negatives))
             else:
                 chosen = [(p, n) for p in positives for n in negatives]
-            file = os.path.join(folder, image_path)
+            file = join_inside(folder, image_path, here)
             if not os.path.isfile(file):
                 if skip_missing_images:
                     missing[path] += 1
