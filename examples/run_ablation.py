@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The objective ablation in miniature: same start, same steps, same data; only the loss changes.
 
-For each seed, ``examples/run_cf_clip.py``'s embedded default (the same code path as a real
+For each seed, ``hf-cf train``'s embedded default (the same code path as a real
 fine-tune) pre-trains a tiny CLIP with InfoNCE on factual pairs (the stand-in for a pretrained
 model, made once per seed and shared by every objective), then fine-tunes it once per objective
 with identical hyper-parameters. It prints Markdown tables of the group score per edit kind, mean
@@ -19,9 +19,9 @@ import json
 import os
 import statistics
 
-from run_cf_clip import main as run_cf_clip
+from hf_counterfactual.commands.train import main as train
 
-# Row name -> run_cf_clip arguments. "cf-vlm w/o csd" isolates CF-VLM's L_csd (see the README).
+# Row name -> hf-cf train arguments. "cf-vlm w/o csd" isolates CF-VLM's L_csd (see the README).
 OBJECTIVES = {
     "clip": ["--objective", "clip"],
     "negclip": ["--objective", "negclip"],
@@ -30,7 +30,7 @@ OBJECTIVES = {
     "cf-vlm w/o csd": ["--objective", "cf-vlm", "--csd_weight", "0"],
 }
 KINDS = ("attribute", "object", "count", "position", "relation")
-# Table title -> where run_cf_clip's results hold that evaluation's {"before", "after"}.
+# Table title -> where hf-cf train's results hold that evaluation's {"before", "after"}.
 EVALUATIONS = {"held-out test split": lambda run: run, "held-out rendering style": lambda run: run["heldout_style"]}
 
 
@@ -51,7 +51,7 @@ def main() -> None:
         start = os.path.join(args.output_dir, f"pretrained-start-seed{seed}")
         for objective in args.objectives:
             out = os.path.join(args.output_dir, f"{objective.replace(' ', '_').replace('/', '')}-seed{seed}")
-            results.setdefault(objective, {})[seed] = run_cf_clip(
+            results.setdefault(objective, {})[seed] = train(
                 [*OBJECTIVES[objective], "--seed", str(seed), "--pretrained_start_dir", start, "--output_dir", out, *quiet]
             )
     with open(os.path.join(args.output_dir, "ablation.json"), "w") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -37,7 +38,9 @@ processor = AutoProcessor.from_pretrained("{repo}")
 """
 
 
-def model_index_results(results: Mapping[str, Mapping[str, float]], dataset_type: str, dataset_name: str) -> list[EvalResult]:
+def model_index_results(
+    results: Mapping[str, Mapping[str, float]], dataset_type: str, dataset_name: str, dataset_split: str | None = None
+) -> list[EvalResult]:
     """``model-index`` entries (in %) of :func:`~hf_counterfactual.benchmarks.evaluate_benchmark`
     results: the overall (micro) text / image / group scores, and their ``macro_`` averages over
     subsets where there are subsets; undefined (NaN) scores are left out."""
@@ -52,12 +55,36 @@ def model_index_results(results: Mapping[str, Mapping[str, float]], dataset_type
                     task_type="zero-shot-image-classification",
                     dataset_type=dataset_type,
                     dataset_name=dataset_name,
+                    dataset_split=dataset_split,
                     metric_type=prefix + metric,
                     metric_name=(prefix + metric).replace("_", " "),
                     metric_value=round(100 * value, 2),
                 )
             )
     return entries
+
+
+def _key(result: EvalResult) -> tuple:
+    return (result.dataset_type, result.dataset_config, result.dataset_split, result.metric_type)
+
+
+def merge_eval_results(existing: list[EvalResult] | None, new: list[EvalResult]) -> list[EvalResult]:
+    """``existing`` with every entry of the same (dataset type, config, split, metric) as one in
+    ``new`` replaced by it, and duplicates among ``existing`` collapsed to their last: re-running an
+    evaluation never adds a second, conflicting value."""
+    merged: dict[tuple, EvalResult] = {}
+    for result in [*(existing or []), *new]:
+        merged.pop(_key(result), None)  # the later one wins, at its place in the order
+        merged[_key(result)] = result
+    return list(merged.values())
+
+
+def hub_id(name: str | None) -> str | None:
+    """``name`` when it can name a Hub repository; ``None`` for local paths, which a card never
+    publishes (they mean nothing to a reader and may say more than intended)."""
+    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
 
 
 def build_model_card(
@@ -70,13 +97,23 @@ def build_model_card(
     num_counterfactuals: int,
     results: Mapping[str, Mapping[str, float]] | None = None,
     results_before: Mapping[str, Mapping[str, float]] | None = None,
-    benchmark_name: str = "counterfactual test split",
+    benchmark: tuple[str, str, str | None] = ("counterfactual-records", "counterfactual records", "test"),
+    base_model_description: str | None = None,
+    chart: str | None = None,
     repo_id: str | None = None,
 ) -> ModelCard:
     """A ``huggingface_hub.ModelCard`` whose metadata holds a ``model-index`` of the Winoground-style
-    scores (overall ``results["all"]``), and whose body shows the per-subset table. ``repo_id`` (default
-    ``model_name``) is what the loading snippet names."""
-    eval_results = model_index_results(results, dataset_name or "procedural-scenes", benchmark_name) if results else []
+    scores (overall ``results["all"]``), and whose body shows the per-subset table.
+
+    Local paths are never published: ``base_model`` and ``dataset_name`` enter the metadata only
+    when they are Hub ids (:func:`hub_id`). ``benchmark``: ``(dataset_type, dataset_name,
+    dataset_split)`` of the results, as :func:`hf_counterfactual.commands.evaluate.benchmark_identity`
+    names them. ``base_model_description``: what the model started from when it is not a Hub id
+    (e.g. "a tiny CLIP built from a config"). ``chart``: an image file beside the card to embed.
+    ``repo_id`` (default ``model_name``) is what the loading snippet names."""
+    base_model, dataset_name = hub_id(base_model), hub_id(dataset_name)
+    dataset_type, benchmark_name, split = benchmark
+    eval_results = model_index_results(results, dataset_type, benchmark_name, dataset_split=split) if results else []
     card_data = ModelCardData(
         library_name="transformers",
         base_model=base_model,
@@ -86,15 +123,18 @@ def build_model_card(
         eval_results=eval_results or None,
         pipeline_tag="zero-shot-image-classification",
     )
+    where = f"the {benchmark_name}" + (f" ({split} split)" if split else "")
     if results is None:
         evaluation = "Not evaluated."
     elif results_before is not None:
-        evaluation = f"Scores in % on the {benchmark_name} (before -> after fine-tuning):\n\n```\n{format_results(results, before=results_before)}\n```"
+        evaluation = f"Scores in % on {where} (before -> after fine-tuning):\n\n```\n{format_results(results, before=results_before)}\n```"
     else:
-        evaluation = f"Scores in % on the {benchmark_name}:\n\n```\n{format_results(results)}\n```"
-    summary = f"`{base_model or 'a CLIP model trained from scratch'}` fine-tuned on counterfactual data" + (
-        f" from `{dataset_name}`." if dataset_name else " (procedural scenes)."
-    )
+        evaluation = f"Scores in % on {where}:\n\n```\n{format_results(results)}\n```"
+    if chart:
+        evaluation += f"\n\n![group score per edit kind, before and after fine-tuning]({chart})"
+    start = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else (base_model_description or "A CLIP model from a local checkpoint")
+    data = f" from [`{dataset_name}`](https://huggingface.co/datasets/{dataset_name})" if dataset_name else ""
+    summary = f"{start[0].upper()}{start[1:]}, fine-tuned on counterfactual data{data}."
     text = _TEMPLATE.format(
         card_data=card_data.to_yaml(),
         model_name=model_name,

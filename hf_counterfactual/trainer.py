@@ -98,21 +98,33 @@ class CounterfactualTrainer(Trainer):
         super().log(logs, start_time)
 
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
-        """Writes ``README.md`` in ``output_dir``: base model, dataset, objective and evaluation table."""
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        benchmark: tuple[str, str, str | None] | None = None,
+        base_model_description: str | None = None,
+        chart: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Writes ``README.md`` in ``output_dir``: base model, dataset, objective and evaluation table
+        (see :func:`~hf_counterfactual.model_card.build_model_card`; local paths are left out)."""
         if not self.is_world_process_zero():
             return
         base_model = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
         card = build_model_card(
             model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
-            base_model=base_model if base_model and not os.path.isdir(base_model) else None,
+            base_model=base_model,
             dataset_name=dataset_name,
             objective=self.args.objective,
             weights=self.objective.weights,
             num_counterfactuals=self.args.num_counterfactuals,
             results=self.evaluation_results,
             results_before=self.evaluation_results_before,
+            base_model_description=base_model_description or ("a CLIP model trained from a random initialisation" if not base_model else None),
+            chart=chart,
             repo_id=self.hub_model_id,
+            **({"benchmark": benchmark} if benchmark else {}),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
 

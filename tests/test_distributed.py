@@ -79,12 +79,12 @@ def test_gathered_objective_matches_one_process(subprocess_env):
 # ----------------------------------------------------------------------------- b. accelerate launch
 
 
-def test_run_cf_clip_accelerate_two_processes(subprocess_env, tmp_path):
+def test_hf_cf_train_accelerate_two_processes(subprocess_env, tmp_path):
     output_dir = tmp_path / "cf-clip"
     output = run_command(
         ACCELERATE
         + [
-            "examples/run_cf_clip.py",
+            "-m", "hf_counterfactual.cli", "train",  # the installed command, as the README launches it
             "--use_cpu",
             "--num_train_scenes", "64",
             "--num_test_scenes", "16",
@@ -140,7 +140,9 @@ def deepspeed_installed():
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_matches_ddp(deepspeed_installed, stage, tiny_checkpoint, ddp_reference, subprocess_env, tmp_path):
     reference, reference_dir = ddp_reference
-    config = REPO / "examples" / "deepspeed" / f"zero{stage}.json"
+    from hf_counterfactual.commands.train import shipped_deepspeed_config
+
+    config = shipped_deepspeed_config(f"zero{stage}")  # what --deepspeed zero2 / zero3 names
     output_dir = tmp_path / f"zero{stage}"
     output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_checkpoint), str(output_dir)], subprocess_env)
     result = result_line(output)

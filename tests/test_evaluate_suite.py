@@ -147,10 +147,9 @@ def test_cli_procedural_and_winoground_write_json_and_model_card(saved_model, tm
     ],
 )
 def test_cli_missing_data_is_a_clear_error_naming_the_flag(saved_model, capsys, extra, flag):
-    with pytest.raises(SystemExit) as error:
-        main(["evaluate", "--model_name_or_path", str(saved_model / "model"), *extra])
-    assert error.value.code == 2
-    assert flag in capsys.readouterr().err
+    assert main(["evaluate", "--model_name_or_path", str(saved_model / "model"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-cf evaluate: error: ") and flag in err and len(err.strip().splitlines()) == 1  # one line, no traceback
 
 
 def test_cli_sugarcrepe_and_aro_on_tiny_local_files(saved_model, tmp_path):
@@ -219,9 +218,17 @@ def test_cli_whatsup_and_valse_on_tiny_local_files(saved_model, tmp_path):
 def test_model_card_of_a_pushed_model_is_loaded_and_pushed_back(monkeypatch):
     from huggingface_hub import ModelCard
 
-    from hf_counterfactual.cli import add_to_model_card
+    import huggingface_hub
 
-    pushed = {}
+    from hf_counterfactual.commands.evaluate import add_to_model_card
+
+    pushed, uploaded = {}, []
+
+    class RecordingApi:
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, **kwargs):
+            uploaded.append((repo_id, path_in_repo, open(path_or_fileobj, "rb").read(8)))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     monkeypatch.setattr(ModelCard, "load", classmethod(lambda cls, repo_id, **kw: cls("---\nlicense: mit\n---\n\n# org/model\nKeep me.\n")))
     monkeypatch.setattr(ModelCard, "push_to_hub", lambda self, repo_id, **kw: pushed.update(repo=repo_id, card=self))
     results = {"procedural": {"all": {"text_score": 0.5, "image_score": 0.25, "group_score": 0.25, "count": 4, "ties": 0}}}
@@ -229,3 +236,6 @@ def test_model_card_of_a_pushed_model_is_loaded_and_pushed_back(monkeypatch):
     card = pushed["card"]
     assert pushed["repo"] == "org/model" and "Keep me." in card.text and card.data.license == "mit"
     assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {("text_score", 50.0), ("image_score", 25.0), ("group_score", 25.0)}
+    # The chart goes up beside the card, which embeds it.
+    assert uploaded == [("org/model", "group_score_procedural.png", b"\x89PNG\r\n\x1a\n")]
+    assert "](group_score_procedural.png)" in card.text

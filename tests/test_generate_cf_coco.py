@@ -1,7 +1,4 @@
-"""examples/generate_cf_coco.py on a COCO-format fixture: records, skips, load_dataset, one training step."""
-
-import sys
-from pathlib import Path
+"""``hf-cf generate`` (hf_counterfactual.commands.generate) on a COCO-format fixture: records, skips, load_dataset, one training step."""
 
 import numpy as np
 import pytest
@@ -11,9 +8,7 @@ from dummy_components import save_tiny_clip
 from generation_fixtures import english_pipeline, write_coco_photos
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import generate_cf_coco  # noqa: E402
-import run_cf_clip  # noqa: E402
+from hf_counterfactual.commands import generate, train
 
 
 @pytest.fixture
@@ -28,7 +23,7 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
     from datasets import load_dataset
 
     out = tmp_path / "cf-coco"
-    stats = generate_cf_coco.main(
+    stats = generate.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
          "--edits", "attribute,object,position,count", "--records_per_shard", "2", "--batch_size", "3", *TINY_MODELS]
     )["val"]  # fmt: skip
@@ -66,10 +61,10 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
 
     card = (out / "README.md").read_text()
     assert "records: 6 from 8 images; skipped: 2" in card and "configs:" in card
-    assert '"pixel_change": "' in card and "filter pass rates" in card and "diffusion inpainting with tiny" in card
+    assert '"pixel_change": "' in card and "filter pass rates" in card and "diffusion inpainting with a random tiny model" in card
 
     # The generated folder feeds run_cf_clip unchanged.
-    results = run_cf_clip.main(
+    results = train.main(
         ["--model_name_or_path", save_tiny_clip(tmp_path / "model"), "--dataset_name", str(out), "--train_split", "val",
          "--test_split", "val", "--objective", "negclip", "--num_counterfactuals", "1", "--max_steps", "1",
          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "trained"), "--report_to", "none",
@@ -81,7 +76,7 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
 
 def test_unknown_edit_kind_is_an_error(coco, tmp_path):
     with pytest.raises(ValueError, match=r"--edits: unknown kind\(s\) \['colour'\]"):
-        generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), "--edits", "colour"])
+        generate.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), "--edits", "colour"])
 
 
 # ----------------------------------------------------------------------------- optional stages
@@ -96,7 +91,7 @@ def coco_without_instances(tmp_path_factory):
 
 
 def _generate(coco_root, output_dir, *extra):
-    return generate_cf_coco.main(
+    return generate.main(
         ["--coco_root", str(coco_root), "--split", "val", "--output_dir", str(output_dir), "--spacy_pipeline", english_pipeline(),
          "--edits", "attribute,object,position,count", "--batch_size", "4", *extra]
     )["val"]  # fmt: skip
@@ -124,8 +119,8 @@ def test_grounding_detector_and_segmenter(coco_without_instances, tmp_path, segm
     assert "image_edit/skipped: mask outside the image" not in counts
 
     card = (out / "README.md").read_text()
-    assert "over tiny detections" in card and "COCO instance masks" not in card  # no annotations: detections only
-    assert ("segmented by tiny" in card) == (segmenter is not None)
+    assert "over the boxes detected by a random tiny model" in card and "COCO instance masks" not in card  # detections only
+    assert ("segmented by a random tiny model" in card) == (segmenter is not None)
 
     # Box masks repaint a filled rectangle (keep_unmasked pastes the original outside the mask):
     # the changed pixels fill their bounding box (1.0 measured). SAM masks (of a random SAM,
@@ -195,12 +190,12 @@ def test_push_to_hub_uploads_the_dataset_folder(coco, tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     out = tmp_path / "cf-coco"
-    generate_cf_coco.main(
+    generate.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
-         "--edits", "attribute,position", "--push_to_hub", "org/cf-coco"]
+         "--edits", "attribute,position", "--push_to_hub", "--hub_model_id", "org/cf-coco"]
     )  # fmt: skip
     assert [c[:2] for c in calls] == [("create_repo", "org/cf-coco"), ("upload_folder", "org/cf-coco")]
-    assert calls[0][2] == {"repo_type": "dataset", "exist_ok": True}
+    assert calls[0][2] == {"repo_type": "dataset", "exist_ok": True, "private": False}
     upload = calls[1][2]
     assert upload["repo_type"] == "dataset" and upload["folder_path"] == str(out)
     # the resume bookkeeping and the LLM caches stay local; the README and data go up
@@ -217,7 +212,7 @@ def test_saved_checkpoints_load_through_from_pretrained(coco, tmp_path):
     build_tiny_inpainting_pipeline("a an the green cup dog background".split()).save_pretrained(inpainting)
     clip = save_tiny_clip(tmp_path / "tiny-clip")
     out = tmp_path / "cf-coco"
-    stats = generate_cf_coco.main(
+    stats = generate.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
          "--edits", "attribute,object,count", "--inpainting_model", str(inpainting), "--num_inference_steps", "2",
          "--clip_filter_model", clip, "--clip_threshold", "-1", "--max_images", "3"]
@@ -225,7 +220,9 @@ def test_saved_checkpoints_load_through_from_pretrained(coco, tmp_path):
     counts = stats["counts"]
     assert counts["image_edit/inpainted"] > 0 and counts["filter/image_text/passed"] == counts["filter/pixel_change/passed"]
     assert stats["sources"]["inpaint"] == counts["image_edit/kept"] - stats["sources"].get("box-inpaint", 0)
-    assert f"diffusion inpainting with {inpainting}" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    # Local paths are never published: the card says what the models were, not where they lay.
+    assert "diffusion inpainting with a local checkpoint" in card and str(tmp_path) not in card
 
 
 def test_saved_detector_and_segmenter_load_through_from_pretrained(coco_without_instances, tmp_path):
@@ -251,7 +248,7 @@ def test_saved_detector_and_segmenter_load_through_from_pretrained(coco_without_
 )  # fmt: skip
 def test_inconsistent_flags_are_errors(coco, tmp_path, flags, message):
     with pytest.raises(ValueError, match=message):
-        generate_cf_coco.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), *flags])
+        generate.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(tmp_path / "o"), *flags])
 
 
 def test_any_image_caption_dataset_through_the_grounding_path(coco, tmp_path):
@@ -269,7 +266,7 @@ def test_any_image_caption_dataset_through_the_grounding_path(coco, tmp_path):
     (tmp_path / "flickr-like" / "data").mkdir(parents=True)
     source.to_parquet(str(tmp_path / "flickr-like" / "data" / "test-00000.parquet"))
     out = tmp_path / "out"
-    stats = generate_cf_coco.main(
+    stats = generate.main(
         ["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
          "--caption_column", "sentences", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
          "--edits", "attribute,object,position,count", "--inpainting_model", "tiny", "--num_inference_steps", "2",
@@ -281,10 +278,11 @@ def test_any_image_caption_dataset_through_the_grounding_path(coco, tmp_path):
     assert [r["caption"] for r in records] == [c[0] for _, c in rows]
     assert records[0]["paraphrases"] == rows[0][1][1:]
     card = (out / "README.md").read_text()
-    assert f"from {tmp_path / 'flickr-like'} test" in card and "license: other" in card and "COCO instance masks" not in card
+    assert "From a local image-caption dataset (split test)" in card and str(tmp_path) not in card
+    assert "license: other" in card and "COCO instance masks" not in card
 
     with pytest.raises(ValueError, match="exactly one of --coco_root"):
-        generate_cf_coco.main(["--output_dir", str(tmp_path / "o")])
+        generate.main(["--output_dir", str(tmp_path / "o")])
     with pytest.raises(ValueError, match=r"column\(s\) \['caption'\] not in the dataset"):
-        generate_cf_coco.main(["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
+        generate.main(["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
                                "--output_dir", str(tmp_path / "o2")])  # fmt: skip

@@ -1,4 +1,4 @@
-"""examples/generate_cf_coco.py across processes and across a kill (slow: subprocesses, diffusion on CPU).
+"""``hf-cf generate`` across processes and across a kill (slow: subprocesses, diffusion on CPU).
 
 1. Two processes (``accelerate launch --multi_gpu --num_processes 2 ... --use_cpu``) write the same
    rows, read in shard-name order, as one process, with the same stats.
@@ -43,13 +43,12 @@ from PIL import Image
 from generation_fixtures import english_pipeline, write_coco_photos
 from test_distributed import ACCELERATE, REPO, run_command
 
-sys.path.insert(0, str(REPO / "examples"))
-import generate_cf_coco  # noqa: E402
+from hf_counterfactual.commands import generate
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 300
-SCRIPT = str(REPO / "examples" / "generate_cf_coco.py")
+SCRIPT = ["-m", "hf_counterfactual.cli", "generate"]  # accelerate launch -m: the installed command
 TINY_MODELS = ["--inpainting_model", "tiny", "--num_inference_steps", "2", "--clip_filter_model", "tiny", "--clip_threshold", "-1"]
 COMPARED_STATS = ("num_items", "num_records", "num_skipped", "skip_reasons", "edits", "sources", "counts")
 
@@ -75,7 +74,7 @@ def one_thread():
 
 def run_in_process(argv: list[str]) -> dict:
     with one_thread():
-        return generate_cf_coco.main(argv)["val"]
+        return generate.main(argv)["val"]
 
 
 def shard_paths(output_dir: Path) -> list[Path]:
@@ -147,7 +146,7 @@ def test_two_processes_write_the_rows_of_one(coco, one_process, subprocess_env, 
     reference_stats, reference_dir = one_process
     output_dir = tmp_path / "cf-coco"
     output = run_command(
-        ACCELERATE + [SCRIPT, "--use_cpu", *generation_args(coco, output_dir, records_per_shard=2, batch_size=2)],
+        ACCELERATE + [*SCRIPT, "--use_cpu", *generation_args(coco, output_dir, records_per_shard=2, batch_size=2)],
         subprocess_env,
         timeout=TIMEOUT,
     )
@@ -207,7 +206,7 @@ def test_killed_run_resumes_without_duplicates_or_losses(coco, subprocess_env, t
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, SCRIPT, *args(output_dir)], cwd=REPO, env=subprocess_env,
+            [sys.executable, *SCRIPT, *args(output_dir)], cwd=REPO, env=subprocess_env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
         )  # fmt: skip
         deadline = time.monotonic() + TIMEOUT

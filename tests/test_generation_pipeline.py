@@ -4,7 +4,6 @@ grounding and paraphrase hooks, batch-size independence."""
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,8 +27,7 @@ from hf_counterfactual.generation.image_edits import _dilate
 from hf_counterfactual.generation.text_edits import TextEdit
 from generation_fixtures import english_pipeline, write_coco_photos
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import generate_cf_coco  # noqa: E402
+from hf_counterfactual.generation.inputs import read_coco
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def coco(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def items(coco):
-    return {item.id: item for item in generate_cf_coco.load_coco(str(coco), "val")}
+    return {item.id: item for item in read_coco(str(coco), "val").items}
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,15 @@
-"""examples/run_cf_clip.py end to end on a small procedural dataset, in-process."""
+"""``hf-cf train`` (hf_counterfactual.commands.train) end to end on a small procedural dataset, in-process."""
 
 import json
-import sys
+import runpy
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from transformers import AutoProcessor, CLIPModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import run_cf_clip  # noqa: E402
+from hf_counterfactual.commands import UsageError
+from hf_counterfactual.commands import train
 
 
 SMALL = ["--num_train_scenes", "48", "--num_test_scenes", "12", "--num_train_epochs", "1", "--pretrain_epochs", "1",
@@ -17,7 +18,7 @@ SMALL = ["--num_train_scenes", "48", "--num_test_scenes", "12", "--num_train_epo
 
 def test_embedded_default_runs_saves_and_reports(tmp_path):
     out = tmp_path / "out"
-    results = run_cf_clip.main(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
+    results = train.main(["--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
     assert set(results) == {"before", "after", "heldout_style"}
     assert results["after"]["all"]["count"] == results["before"]["all"]["count"] > 12  # several edits per test record
     assert {"attribute", "object", "count"} <= set(results["after"])
@@ -31,45 +32,45 @@ def test_embedded_default_runs_saves_and_reports(tmp_path):
 
 
 def test_embedded_defaults_do_not_apply_to_real_checkpoints():
-    *_, training_args = run_cf_clip.parse_args(["--model_name_or_path", "some/clip", "--output_dir", "x"])
+    *_, training_args = train.parse_args(["--model_name_or_path", "some/clip", "--output_dir", "x"])
     assert training_args.learning_rate == 5e-5  # TrainingArguments' default, not the tiny model's 1e-3
-    *_, training_args = run_cf_clip.parse_args([])
-    assert training_args.learning_rate == run_cf_clip.EMBEDDED_DEFAULTS["learning_rate"]
+    *_, training_args = train.parse_args([])
+    assert training_args.learning_rate == train.EMBEDDED_DEFAULTS["learning_rate"]
 
 
 def test_missing_split_is_a_clear_error(tmp_path):
-    with pytest.raises(KeyError, match=r"--test_split 'validation'.*splits are \['test', 'test_heldout_style', 'train'\]"):
-        run_cf_clip.main(["--output_dir", str(tmp_path / "o"), "--num_train_scenes", "8", "--num_test_scenes", "4",
+    with pytest.raises(UsageError, match=r"--test_split 'validation'.*splits are \['test', 'test_heldout_style', 'train'\]"):
+        train.main(["--output_dir", str(tmp_path / "o"), "--num_train_scenes", "8", "--num_test_scenes", "4",
                           "--test_split", "validation", "--cache_dir", str(tmp_path / "cache")])  # fmt: skip
 
 
 def test_embedded_default_starts_from_a_cached_pretrained_start(tmp_path, caplog):
     out, cache = tmp_path / "out", ["--cache_dir", str(tmp_path / "cache")]
-    first = run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL])
+    first = train.main(["--output_dir", str(out), *cache, *SMALL])
     start = out / "pretrained-start"
     assert (start / "config.json").exists() and (start / "pretraining.json").exists()
     saved = CLIPModel.from_pretrained(start)
     # "before" is the pretrained start, not the random initialisation it was trained from.
-    model_args, _, training_args = run_cf_clip.parse_args(["--output_dir", str(out), "--pretrain_epochs", "0"])
-    random_init, _ = run_cf_clip.load_model(model_args, training_args, train=None)
+    model_args, _, training_args = train.parse_args(["--output_dir", str(out), "--pretrain_epochs", "0"])
+    random_init, _ = train.load_model(model_args, training_args, train=None)
     assert not any(a.equal(b) for a, b in zip(random_init.state_dict().values(), saved.state_dict().values()) if a.is_floating_point())
 
     # A rerun reads the start instead of training it again: the same "before" scores.
     stamp = (start / "model.safetensors").stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        again = run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL])
+        again = train.main(["--output_dir", str(out), *cache, *SMALL])
     assert (start / "model.safetensors").stat().st_mtime_ns == stamp and "read from" in caplog.text
     assert again["before"] == first["before"]
 
     # Other pre-training settings never reuse it.
     caplog.clear()
     with caplog.at_level("WARNING"):
-        run_cf_clip.main(["--output_dir", str(out), *cache, *SMALL, "--pretrain_learning_rate", "5e-4"])
+        train.main(["--output_dir", str(out), *cache, *SMALL, "--pretrain_learning_rate", "5e-4"])
     assert "other settings" in caplog.text and (start / "model.safetensors").stat().st_mtime_ns != stamp
 
 
 def test_ablation_tables_average_each_evaluation_over_seeds():
-    import run_ablation
+    run_ablation = SimpleNamespace(**runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "run_ablation.py")))
 
     def scores(group: float) -> dict:
         return {subset: {"group_score": group} for subset in ("all", *run_ablation.KINDS)}
@@ -87,25 +88,25 @@ def test_ablation_tables_average_each_evaluation_over_seeds():
 
 @pytest.mark.parametrize("flag", ["--model_name_or_path", "--model-name-or-path"])
 def test_embedded_defaults_follow_the_parsed_model_not_the_flags_spelling(flag):
-    model_args, _, training_args = run_cf_clip.parse_args([flag, "some/clip", "--output_dir", "x"])
+    model_args, _, training_args = train.parse_args([flag, "some/clip", "--output_dir", "x"])
     assert model_args.model_name_or_path == "some/clip"
     assert training_args.learning_rate == 5e-5 and training_args.num_train_epochs == 3  # TrainingArguments' own
     # An explicit value still wins over an embedded default.
-    _, _, training_args = run_cf_clip.parse_args(["--learning_rate", "2e-4"])
-    assert training_args.learning_rate == 2e-4 and training_args.num_train_epochs == run_cf_clip.EMBEDDED_DEFAULTS["num_train_epochs"]
+    _, _, training_args = train.parse_args(["--learning_rate", "2e-4"])
+    assert training_args.learning_rate == 2e-4 and training_args.num_train_epochs == train.EMBEDDED_DEFAULTS["num_train_epochs"]
 
 
 def test_resume_from_the_last_complete_checkpoint(tmp_path, caplog):
     out, cache = tmp_path / "out", ["--cache_dir", str(tmp_path / "cache")]
     args = ["--output_dir", str(out), *cache, *SMALL, "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "4"]
-    run_cf_clip.main(args)
+    train.main(args)
     assert (out / "checkpoint-4" / "trainer_state.json").exists()
     (out / "checkpoint-6").mkdir()  # killed mid-save: only the config was written
     (out / "checkpoint-6" / "config.json").write_text("{}")
-    assert run_cf_clip.checkpoint_to_resume(run_cf_clip.parse_args([*args, "--resume_from_checkpoint", "last"])[2]) == str(out / "checkpoint-4")
+    assert train.checkpoint_to_resume(train.parse_args([*args, "--resume_from_checkpoint", "last"])[2]) == str(out / "checkpoint-4")
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("checkpoint-[24]/*")}
     with caplog.at_level("INFO"):
-        run_cf_clip.main([*args[:-1], "6", "--resume_from_checkpoint", "last"])
+        train.main([*args[:-1], "6", "--resume_from_checkpoint", "last"])
     assert "half-written checkpoint" in caplog.text
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
@@ -115,21 +116,19 @@ def test_resume_from_the_last_complete_checkpoint(tmp_path, caplog):
 
 def test_resume_from_an_incomplete_checkpoint_is_an_error_before_any_work(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
-        run_cf_clip.main(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        run_cf_clip.main(["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
+    with pytest.raises(UsageError, match="not a complete checkpoint"):
+        train.main(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")])
+    with pytest.raises(UsageError, match="no complete checkpoint"):
+        train.main(["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
 
 
 def test_a_dataset_of_other_columns_is_named_before_training(tmp_path):
     from datasets import Dataset, DatasetDict
     from PIL import Image
 
-    from hf_counterfactual.features import InvalidRecordError
-
     rows = Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "text": ["a dog", "a cat"]})
     folder = tmp_path / "captions"
     DatasetDict({"train": rows, "test": rows}).save_to_disk(str(folder))
     raw = DatasetDict.load_from_disk(str(folder))
-    with pytest.raises(InvalidRecordError, match=r"split 'train' is not a dataset of counterfactual records \(columns \['image', 'text'\]\).*row 0, field 'caption': missing"):
-        run_cf_clip.select_split(raw, "train", "--train_split")
+    with pytest.raises(UsageError, match=r"split 'train' is not a dataset of counterfactual records \(columns \['image', 'text'\]\).*row 0, field 'caption': missing"):
+        train.select_split(raw, "train", "--train_split")

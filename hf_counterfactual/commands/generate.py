@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Counterfactual records from image-caption data: text edits, flips, inpainted objects and counts.
+"""``hf-cf generate``: counterfactual records from image-caption data: text edits, flips, inpainted objects and counts.
 
 Reads a COCO-format folder (``--coco_root``: ``annotations/captions_{split}2017.json``, and
 ``instances_{split}2017.json`` when present, and the images in ``{split}2017/``) or any ``datasets``
@@ -18,66 +18,78 @@ For each image the first caption is the factual caption and the others its parap
 
 Each process takes a block of the images and writes Parquet shards; a rerun after a kill resumes::
 
-    accelerate launch examples/generate_cf_coco.py --coco_root coco --split train \\
+    accelerate launch -m hf_counterfactual.cli generate --coco_root coco --split train \\
         --edits attribute,object,position,count --output_dir cf-coco \\
         --inpainting_model stabilityai/stable-diffusion-2-inpainting --clip_filter_model openai/clip-vit-base-patch32 \\
-        [--push_to_hub org/cf-coco]
+        [--preview 8] [--push_to_hub --hub_model_id org/cf-coco]
 
-On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes 2 ... --use_cpu`` runs two
-processes (``--cpu`` would start one). The output loads with ``load_dataset("cf-coco")`` (or the Hub id) and feeds ``run_cf_clip.py``.
+Each split generated into one folder (``--split train``, then ``--split val``) stays loadable: the
+README's ``configs:`` lists every split there. A rerun into a folder with other settings for the same
+split is refused (``--overwrite_output_dir`` starts that split again). On a machine without GPUs,
+``accelerate launch --multi_gpu --num_processes 2 ... --use_cpu`` runs two processes (``--cpu`` would
+start one). The output loads with ``load_dataset("cf-coco")`` (or the Hub id) and feeds ``hf-cf train``.
 ``tiny`` as a model name builds a random tiny model from a config (offline smoke runs and tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import logging
 import os
-from collections import defaultdict
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from accelerate import PartialState
-from transformers import HfArgumentParser
-
-from hf_counterfactual.generation import (
+from ..generation import (
     CounterfactualGenerator,
     FactualItem,
     ImageTextMatchFilter,
     InpaintingEditor,
-    Instance,
     PixelChangeFilter,
     RuleBasedEditor,
     ShardedRecordWriter,
-    coco_instance_mask,
     finalize,
 )
+from ..generation.dataset_card import generation_card
+from ..generation.inputs import DatasetItems, InputError, read_coco
+from ..generation.writer import PROGRESS_DIR
+from ..model_card import hub_id
+from .arguments import UsageError, parse_arguments
+from .checks import TINY, check_pretrained, check_spacy_pipeline
 
 logger = logging.getLogger(__name__)
 
 TEXT_EDITS = ("attribute", "object", "relation", "position", "count", "order")
 IMAGE_EDITS = ("object", "attribute", "count")
-TINY = "tiny"
 
 
 @dataclass
 class GenerationArguments:
     coco_root: str | None = field(default=None, metadata={"help": "Folder holding annotations/captions_{split}2017.json and {split}2017/."})
     dataset_name: str | None = field(default=None, metadata={"help": "Or: a datasets image-caption dataset (Hub id or local folder)."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Its configuration name."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
     image_column: str = field(default="image", metadata={"help": "With --dataset_name: the image column."})
     caption_column: str = field(default="caption", metadata={"help": "With --dataset_name: the caption column (a string or a list of strings)."})
     split: str = field(default="train", metadata={"help": "COCO split (train or val) or the dataset's split."})
     output_dir: str = field(default="cf-coco", metadata={"help": "Where the Parquet shards and README.md go."})
     edits: str = field(default="attribute,object,relation,position,count", metadata={"help": f"Comma-separated, from {TEXT_EDITS}."})
-    spacy_pipeline: str = field(default="en_core_web_sm", metadata={"help": "An installed English spaCy pipeline."})
+    spacy_pipeline: str = field(default="auto", metadata={"help": "An installed English spaCy pipeline; auto: the first installed one."})
     min_counterfactuals: int = field(default=1, metadata={"help": "Skip images with fewer counterfactuals (counted)."})
     max_counterfactuals: int = field(default=8, metadata={"help": "Keep at most this many per record."})
     max_images: int | None = field(default=None, metadata={"help": "Only the first N images (by image id)."})
     records_per_shard: int = field(default=500, metadata={"help": "Records per Parquet shard."})
     batch_size: int = field(default=16, metadata={"help": "Images per batch through the model stages."})
     seed: int = field(default=0, metadata={"help": "Seed of the text edits, instance choices and inpainting."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Dataset repo id to upload the output to."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start this split again when the folder holds it made with other settings (other splits are kept)."}
+    )
+    preview: int = field(default=0, metadata={"help": "Draw the first N records (images and captions) into preview_<split>.png, shown in the card."})
+    dataset_license: str | None = field(default=None, metadata={"help": "The card's licence (an SPDX id such as cc-by-4.0); default: other."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the folder to the Hub dataset repo --hub_model_id."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "The dataset repo to push to (e.g. org/cf-coco)."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
     use_cpu: bool = field(default=False, metadata={"help": "Run on CPU even with GPUs (with accelerate launch --multi_gpu on a CPU-only machine)."})
     # image edits
     inpainting_model: str | None = field(default=None, metadata={"help": "A diffusers inpainting checkpoint (or 'tiny'); None: no inpainting."})
@@ -107,83 +119,8 @@ def _split(value: str, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in value.split(",") if v.strip())
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise ValueError(f"--{name}: unknown kind(s) {unknown}; choose from {allowed}")
+        raise UsageError(f"--{name}: unknown kind(s) {unknown}; choose from {allowed}")
     return values
-
-
-def load_coco(coco_root: str, split: str, max_images: int | None = None) -> list[FactualItem]:
-    """COCO captions (and instances, when the file exists) as :class:`FactualItem` s ordered by image
-    id, a stable, shardable order. Instance masks are decoded only when an edit needs them."""
-    annotations = os.path.join(coco_root, "annotations", f"captions_{split}2017.json")
-    with open(annotations, encoding="utf-8") as f:
-        data = json.load(f)
-    captions = defaultdict(list)
-    for annotation in data["annotations"]:
-        captions[annotation["image_id"]].append(annotation["caption"].strip())
-    files = {image["id"]: image["file_name"] for image in data["images"]}
-    image_ids = [i for i in sorted(captions) if i in files][:max_images]
-
-    instances_file = os.path.join(coco_root, "annotations", f"instances_{split}2017.json")
-    instances: dict[int, list[Instance]] | None = None
-    if os.path.exists(instances_file):
-        from pycocotools.coco import COCO
-
-        coco = COCO(instances_file)
-        names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
-        instances = {}
-        for image_id in image_ids:
-            instances[image_id] = [
-                Instance(
-                    names[a["category_id"]],
-                    (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]),
-                    mask=lambda a=a: coco_instance_mask(coco, a),
-                )
-                for a in coco.imgToAnns.get(image_id, [])
-                if not a.get("iscrowd")
-            ]
-    return [
-        FactualItem(
-            image=os.path.join(coco_root, f"{split}2017", files[image_id]),
-            captions=captions[image_id],
-            instances=None if instances is None else instances[image_id],
-            id=image_id,
-        )
-        for image_id in image_ids
-    ]
-
-
-class DatasetItems(Sequence):
-    """A ``datasets`` image-caption split seen as :class:`FactualItem` s, row by row (nothing is
-    decoded before a process reaches its own block)."""
-
-    def __init__(self, dataset, image_column: str, caption_column: str):
-        missing = [c for c in (image_column, caption_column) if c not in dataset.column_names]
-        if missing:
-            raise ValueError(f"column(s) {missing} not in the dataset; it has {dataset.column_names} (set --image_column / --caption_column)")
-        self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> FactualItem:
-        row = self.dataset[index]
-        captions = row[self.caption_column]
-        captions = [captions] if isinstance(captions, str) else [c for c in (captions or []) if isinstance(c, str)]
-        return FactualItem(image=row[self.image_column], captions=captions, instances=None, id=index)
-
-
-def load_image_captions(args: GenerationArguments) -> Sequence[FactualItem]:
-    """The input items: a COCO-format folder or a ``datasets`` dataset (exactly one of them)."""
-    if (args.coco_root is None) == (args.dataset_name is None):
-        raise ValueError("give exactly one of --coco_root (a COCO-format folder) and --dataset_name (a datasets dataset)")
-    if args.coco_root is not None:
-        return load_coco(args.coco_root, args.split, args.max_images)
-    from datasets import load_dataset
-
-    dataset = load_dataset(args.dataset_name, args.dataset_config, split=args.split)
-    if args.max_images is not None:
-        dataset = dataset.select(range(min(args.max_images, len(dataset))))
-    return DatasetItems(dataset, args.image_column, args.caption_column)
 
 
 def _dtype(name: str, device):
@@ -198,10 +135,6 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
     """The stages the arguments ask for, models loaded with the ordinary ``from_pretrained``."""
     edits = _split(args.edits, TEXT_EDITS, "edits")
     image_edits = _split(args.image_edits, IMAGE_EDITS, "image_edits")
-    if args.detector_model and not args.inpainting_model:
-        raise ValueError("--detector_model needs --inpainting_model: detections only place image edits")
-    if args.segmenter_model and not args.detector_model:
-        raise ValueError("--segmenter_model needs --detector_model: it segments the detected boxes")
     cache_dir = args.cache_dir or os.path.join(args.output_dir, ".cache")
     dtype = _dtype(args.torch_dtype, device)
     editors = [RuleBasedEditor(pipeline=args.spacy_pipeline, kinds=edits, seed=args.seed)]
@@ -293,104 +226,201 @@ def _causal_lm(name: str, device, dtype):
     return AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval(), tokenizer
 
 
-def pass_rates(counts: dict[str, int]) -> dict[str, str]:
-    """``{"pixel_change": "7/9 (77.8%)", ...}`` from the ``filter/<name>/passed|failed`` counters."""
-    rates = {}
-    for name in sorted({key.split("/")[1] for key in counts if key.startswith("filter/")}):
-        passed, failed = counts.get(f"filter/{name}/passed", 0), counts.get(f"filter/{name}/failed", 0)
-        rates[name] = f"{passed}/{passed + failed} ({100 * passed / (passed + failed):.1f}%)" if passed + failed else "0/0"
-    return rates
+# Fields that change where or how fast a run goes, not what it writes: a rerun may change them.
+RUN_ONLY_FIELDS = (
+    "output_dir", "overwrite_output_dir", "use_cpu", "preview", "cache_dir", "dataset_license", "push_to_hub", "hub_model_id", "hub_private_repo",
+)  # fmt: skip
+MODEL_FLAGS = {  # flag -> the file that makes a folder or repo that model
+    "inpainting_model": "model_index.json",
+    "detector_model": "config.json",
+    "segmenter_model": "config.json",
+    "clip_filter_model": "config.json",
+    "llm_model": "config.json",
+    "paraphrase_model": "config.json",
+}
 
 
-def dataset_card(args: GenerationArguments, annotated: bool = True):
-    """The README body, given the writer's merged stats (edit counts, skip reasons, filter counts);
-    ``annotated``: the input had instance annotations (else masks came from the detector)."""
+def check_arguments(args: GenerationArguments) -> GenerationArguments:
+    """Every mistake the arguments alone show, before any input is read or model loaded; returns the
+    arguments with ``spacy_pipeline`` resolved (``auto`` -> the installed pipeline's name)."""
+    if (args.coco_root is None) == (args.dataset_name is None):
+        raise UsageError("give exactly one of --coco_root (a COCO-format folder) and --dataset_name (a datasets image-caption dataset)")
+    _split(args.edits, TEXT_EDITS, "edits")
+    _split(args.image_edits, IMAGE_EDITS, "image_edits")
+    if args.detector_model and not args.inpainting_model:
+        raise UsageError("--detector_model needs --inpainting_model: detections only place image edits")
+    if args.segmenter_model and not args.detector_model:
+        raise UsageError("--segmenter_model needs --detector_model: it segments the detected boxes")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push_to_hub needs --hub_model_id, the dataset repo (e.g. org/cf-coco)")
+    if args.preview < 0:
+        raise UsageError(f"--preview {args.preview}: give a number of records >= 0")
+    for flag, marker in MODEL_FLAGS.items():
+        check_pretrained(getattr(args, flag), f"--{flag}", marker=marker)
+    return dataclasses.replace(args, spacy_pipeline=check_spacy_pipeline(args.spacy_pipeline))
 
-    if args.coco_root is not None:
-        source, split = "COCO", f"{args.split}2017"
-        licence = "Licence: COCO annotations are CC BY 4.0; the images keep their Flickr licences (see cocodataset.org)."
-    else:
-        source, split = args.dataset_name, args.split
-        licence = f"Licence: that of the source dataset, {args.dataset_name}: see its card."
 
-    def card(stats: dict) -> str:
-        s = stats[args.split]
-        counts = s.get("counts", {})
-        made_with = [f"rule-based text edits on a spaCy parse ({args.spacy_pipeline}; kinds: {args.edits})"]
-        if args.llm_model:
-            made_with.append(f"LLM concept replacements ({args.llm_model})")
-        if "position" in args.edits:
-            made_with.append("mirrored images with left/right swapped (CounterCurate)")
-        if args.inpainting_model:
-            detected = f"{args.detector_model} detections" + (f" segmented by {args.segmenter_model}" if args.segmenter_model else "")
-            if not annotated:
-                masks = detected if args.detector_model else "no masks (no instance annotations, no detector)"
+def read_inputs(args: GenerationArguments) -> tuple[Sequence[FactualItem], dict]:
+    """The factual items and what the card says of them: ``source`` (in words, never a local path),
+    ``licence`` (a sentence) and ``annotated`` (instance annotations present)."""
+    try:
+        if args.coco_root is not None:
+            coco = read_coco(args.coco_root, args.split, args.max_images)
+            where = f"{args.split}2017 images and captions"
+            if coco.is_coco:
+                source = f"{coco.description} ({where}" + (f", {coco.url}" if coco.url else "") + ")"
             else:
-                masks = "COCO instance masks (pycocotools)"
-            made_with.append(
-                f"diffusion inpainting with {args.inpainting_model} ({args.num_inference_steps} steps, guidance "
-                f"{args.guidance_scale}) over {masks}, for {args.image_edits} edits; count edits remove one instance "
-                "or add one in an empty box"
+                source = f"a COCO-format folder ({where}" + (f"; its annotations say: {coco.description!r}" if coco.description else "") + ")"
+            if coco.licenses:
+                licence = f"The images keep the licences their annotations list ({'; '.join(coco.licenses)})."
+            else:
+                licence = "The input's annotations state no licence: the images and captions keep their owners' terms."
+            if coco.is_coco:
+                licence = "COCO annotations are CC BY 4.0 (cocodataset.org/#termsofuse). " + licence
+            return coco.items, {"source": source, "licence": licence, "annotated": coco.items[0].instances is not None}
+        from datasets import load_dataset
+
+        try:
+            dataset = load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
+        except (FileNotFoundError, ConnectionError, ValueError) as err:
+            raise UsageError(f"--dataset_name {args.dataset_name} (--split {args.split}): cannot be loaded ({str(err).splitlines()[0]})") from None
+        if args.max_images is not None:
+            dataset = dataset.select(range(min(args.max_images, len(dataset))))
+        name = hub_id(args.dataset_name)
+        source = f"[`{name}`](https://huggingface.co/datasets/{name}) (split {args.split})" if name else f"a local image-caption dataset (split {args.split})"
+        licence = f"The licence of the source dataset, {name}: see its card." if name else "The licence of the source dataset."
+        return DatasetItems(dataset, args.image_column, args.caption_column), {"source": source, "licence": licence, "annotated": False}
+    except InputError as err:
+        raise UsageError(str(err)) from None
+
+
+def _settings_file(output_dir: str, split: str) -> str:
+    return os.path.join(output_dir, PROGRESS_DIR, f"{split}.settings.json")
+
+
+def _content_settings(args: GenerationArguments) -> dict:
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in RUN_ONLY_FIELDS}
+
+
+def prepare_output_dir(args: GenerationArguments, inputs: dict, main_process: bool) -> None:
+    """Refuses a folder whose split was generated with other settings (naming them), unless
+    ``--overwrite_output_dir``, which removes that split's shards and progress (not other splits).
+    Records this run's settings for the card and the next rerun."""
+    path = _settings_file(args.output_dir, args.split)
+    wanted = _content_settings(args)
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)["arguments"]
+        changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+        if changed and not args.overwrite_output_dir:
+            detail = ", ".join(f"{k}: {previous.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
+            raise UsageError(
+                f"--output_dir {args.output_dir} holds split {args.split!r} made with other settings ({detail}); "
+                "rerun with the same flags to resume, pass --overwrite_output_dir to start this split again, or use another --output_dir"
             )
-        if args.paraphrase_model:
-            made_with.append(f"paraphrases by {args.paraphrase_model} for images with fewer than {args.min_paraphrases} other captions")
-        filters = [f"pixel change inside the mask >= {args.min_pixel_change}, outside <= {args.max_outside_change}"] if args.inpainting_model else []
-        if args.clip_filter_model:
-            filters.append(f"{args.clip_filter_model} cosine of the edited pair >= {args.clip_threshold}"
-                           + (f", beating the original caption by {args.clip_margin}" if args.clip_margin is not None else ""))
-        lines = [
-            "---",
-            f"license: {'cc-by-4.0' if args.coco_root is not None else 'other'}",
-            "tags: [counterfactual, compositionality, hf-counterfactual]",
-            "---",
-            "",
-            f"# Counterfactual {source} captions",
-            "",
-            f"Made with hf-counterfactual's `examples/generate_cf_coco.py` from {source} {split} (seed {args.seed}): "
-            "the first caption of each image is the factual caption, the others are paraphrases; counterfactuals are "
-            + "; ".join(made_with) + ".",
-            "",
-            f"- records: {s['num_records']} from {s['num_items']} images; skipped: {s['num_skipped']}",
-            f"- counterfactuals per edit kind: {json.dumps(s['edits'], sort_keys=True)}",
-            f"- by source: {json.dumps(s['sources'], sort_keys=True)}",
-            f"- skip reasons: {json.dumps(s['skip_reasons'], sort_keys=True)}",
-        ]
-        if filters:
-            lines.append(f"- filters: {'; '.join(filters)}. An image edit that fails one keeps only its caption, as a text-only negative.")
-            lines.append(f"- filter pass rates: {json.dumps(pass_rates(counts), sort_keys=True)}")
-        if counts:
-            lines.append(f"- stage counters: {json.dumps(counts, sort_keys=True)}")
-        lines += ["", licence]
-        return "\n".join(lines) + "\n"
-
-    return card
+    elif glob.glob(os.path.join(args.output_dir, PROGRESS_DIR, f"{args.split}-r*.json")) and not args.overwrite_output_dir:
+        raise UsageError(
+            f"--output_dir {args.output_dir} holds split {args.split!r} from a run whose settings were not recorded; "
+            "pass --overwrite_output_dir to start it again"
+        )
+    if not main_process:
+        return
+    if args.overwrite_output_dir:
+        removed = glob.glob(os.path.join(args.output_dir, "data", f"{args.split}-r*.parquet"))
+        removed += glob.glob(os.path.join(args.output_dir, PROGRESS_DIR, f"{args.split}-r*.json"))
+        removed += glob.glob(os.path.join(args.output_dir, f"preview_{args.split}.png"))
+        for file in removed:
+            os.remove(file)
+        if removed:
+            logger.warning("--overwrite_output_dir: removed %d files of split %r in %s", len(removed), args.split, args.output_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"arguments": wanted, **inputs}, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(args=argv)
+def generated_splits(output_dir: str) -> dict[str, dict]:
+    """``{split: settings}`` of every split this command generated into ``output_dir``."""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(output_dir, PROGRESS_DIR, "*.settings.json"))):
+        with open(path) as f:
+            runs[os.path.basename(path)[: -len(".settings.json")]] = json.load(f)
+    return runs
+
+
+def complete(output_dir: str, split: str) -> bool:
+    """Every process of ``split`` finished (its progress files say so)."""
+    progresses = []
+    for path in glob.glob(os.path.join(output_dir, PROGRESS_DIR, f"{split}-r*.json")):
+        with open(path) as f:
+            progresses.append(json.load(f))
+    return bool(progresses) and all(p.get("complete") for p in progresses) and len(progresses) == progresses[0]["world_size"]
+
+
+def write_preview(output_dir: str, split: str, num_records: int) -> str:
+    """The first ``num_records`` records of ``split`` drawn as ``preview_<split>.png`` beside the data."""
+    import pyarrow.parquet as pq
+
+    from ..figures import preview_grid, save_figure
+
+    rows = []
+    for shard in sorted(glob.glob(os.path.join(output_dir, "data", f"{split}-r*.parquet"))):
+        rows += pq.read_table(shard).slice(0, num_records - len(rows)).to_pylist()
+        if len(rows) >= num_records:
+            break
+    name = f"preview_{split}.png"
+    save_figure(preview_grid(rows, num_records=num_records), os.path.join(output_dir, name))
+    return name
+
+
+def summary_line(output_dir: str, split: str, stats: dict) -> str:
+    """What a person needs at the end: records written, skips by reason, where, how to read it."""
+    s = stats[split]
+    skips = ", ".join(f"{reason} {n}" for reason, n in sorted(s["skip_reasons"].items(), key=lambda kv: -kv[1])) or "none"
+    return (
+        f"Wrote {s['num_records']} records of split {split!r} from {s['num_items']} images to {output_dir} "
+        f"(skipped {s['num_skipped']}: {skips}). Read it with datasets.load_dataset({output_dir!r}, split={split!r})."
+    )
+
+
+def main(argv: Sequence[str] | None = None, script: str = "`hf-cf generate`") -> dict:
+    """``hf-cf generate`` (``argv`` without the ``generate`` word): returns the stats of every split in
+    the output folder. ``script``: what the card says made it (``dataset_scripts/`` link back)."""
+    from accelerate import PartialState
+
+    (args,) = parse_arguments((GenerationArguments,), sys.argv[1:] if argv is None else argv, prog="hf-cf generate", description=__doc__)
+    args = check_arguments(args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     state = PartialState(cpu=args.use_cpu)
-    items = load_image_captions(args)
+    items, inputs = read_inputs(args)
+    prepare_output_dir(args, inputs, state.is_main_process)
+    state.wait_for_everyone()
     generator = build_generator(args, state.device)
     writer = ShardedRecordWriter(
         args.output_dir, split=args.split, records_per_shard=args.records_per_shard, rank=state.process_index, world_size=state.num_processes
     )
-    writer.run_batched(items, generator.make_records, batch_size=args.batch_size)
+    try:
+        writer.run_batched(items, generator.make_records, batch_size=args.batch_size)
+    except BaseException:
+        if state.is_main_process:
+            logger.error("Interrupted: the shards written so far are kept in %s; rerun the same command to resume where it stopped", args.output_dir)
+        raise
     logger.info("rank %d stage timings: %s", state.process_index, json.dumps(generator.timing_report()))
     state.wait_for_everyone()
     stats = {}
     if state.is_main_process:
-        annotated = bool(items) and items[0].instances is not None
-        stats = finalize(args.output_dir, [args.split], dataset_card=dataset_card(args, annotated))
+        runs = {split: run for split, run in generated_splits(args.output_dir).items() if complete(args.output_dir, split)}
+        previews = {split: f"preview_{split}.png" for split in runs if os.path.isfile(os.path.join(args.output_dir, f"preview_{split}.png"))}
+        if args.preview:
+            previews[args.split] = write_preview(args.output_dir, args.split, args.preview)
+        card = lambda stats: generation_card(runs, stats, script=script, license=args.dataset_license, previews=previews)  # noqa: E731
+        stats = finalize(args.output_dir, list(runs), dataset_card=card)
         logger.info("generation stats: %s", json.dumps(stats[args.split]))
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
             api = HfApi()
-            api.create_repo(args.push_to_hub, repo_type="dataset", exist_ok=True)
-            api.upload_folder(repo_id=args.push_to_hub, repo_type="dataset", folder_path=args.output_dir, ignore_patterns=[".progress/*", ".cache/*"])
+            api.create_repo(args.hub_model_id, repo_type="dataset", exist_ok=True, private=args.hub_private_repo)
+            api.upload_folder(repo_id=args.hub_model_id, repo_type="dataset", folder_path=args.output_dir, ignore_patterns=[f"{PROGRESS_DIR}/*", ".cache/*"])
+        print(summary_line(args.output_dir, args.split, stats), flush=True)
     return stats
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Counterfactual fine-tuning of CLIP with ``CounterfactualTrainer``.
+"""``hf-cf train``: counterfactual fine-tuning of CLIP with ``CounterfactualTrainer``.
 
 With no arguments it runs the embedded default, offline, on procedural counterfactual scenes:
 
@@ -10,20 +9,22 @@ With no arguments it runs the embedded default, offline, on procedural counterfa
    held-out compositions of the test split and on the same scenes drawn in a rendering style
    training never saw::
 
-    accelerate launch examples/run_cf_clip.py
+    hf-cf train
+    accelerate launch -m hf_counterfactual.cli train        # the same, on every process
 
 With real weights and data (``--dataset_name``: any dataset of counterfactual records, e.g. one made
-by the cf-coco builder)::
+by ``hf-cf generate``)::
 
-    accelerate launch examples/run_cf_clip.py \\
+    accelerate launch -m hf_counterfactual.cli train \\
         --model_name_or_path openai/clip-vit-base-patch32 --dataset_name org/cf-coco \\
-        --objective cf-vlm --learning_rate 1e-6 --output_dir out --push_to_hub
+        --objective cf-vlm --learning_rate 1e-6 --output_dir out --push_to_hub --hub_model_id org/cf-clip
 
 Resume an interrupted run with ``--resume_from_checkpoint last`` (the newest complete checkpoint in
 ``--output_dir``) or a checkpoint folder.
 
-DeepSpeed: add ``--deepspeed examples/deepspeed/zero2.json`` (or ``zero3.json``). LoRA: ``--use_lora``
-(the adapters are merged before saving, so the result loads with plain ``from_pretrained``).
+DeepSpeed: ``--deepspeed zero2`` (or ``zero3``: the configs shipped in
+``hf_counterfactual/configs/deepspeed``, or a path to your own). LoRA: ``--use_lora`` (the adapters
+are merged before saving, so the result loads with plain ``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -38,19 +39,17 @@ from dataclasses import dataclass, field
 
 import datasets
 import transformers
-from transformers import AutoProcessor, CLIPModel, HfArgumentParser, set_seed
+from transformers import AutoProcessor, CLIPModel, set_seed
 
-from hf_counterfactual import (
-    CLIPScorer,
-    CounterfactualTrainer,
-    CounterfactualTrainingArguments,
-    evaluate_benchmark,
-    format_results,
-)
-from hf_counterfactual.benchmarks import MatchingBenchmark, counterfactual_records_benchmark
-from hf_counterfactual.distributed import full_parameters
-from hf_counterfactual.features import InvalidRecordError, validate_record
-from hf_counterfactual.objectives import TERMS
+from ..benchmarks import MatchingBenchmark, counterfactual_records_benchmark, evaluate_benchmark, format_results
+from ..distributed import full_parameters
+from ..objectives import TERMS
+from ..scoring import CLIPScorer
+from ..trainer import CounterfactualTrainer
+from ..training_args import CounterfactualTrainingArguments
+from .arguments import UsageError, parse_arguments
+from .checks import check_pretrained
+from .data import load_dataset_dict, select_split
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +116,11 @@ class DataArguments:
 
 
 def load_data(data_args: DataArguments) -> datasets.DatasetDict:
+    """The records: ``--dataset_name`` (see :func:`~.data.load_dataset_dict`), or the procedural
+    scenes when it is not given."""
     if data_args.dataset_name is not None:
-        return datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir)
-    from hf_counterfactual.builders import load_procedural_scenes
+        return load_dataset_dict(data_args.dataset_name, "--dataset_name", data_args.dataset_config_name, data_args.cache_dir)
+    from ..builders import load_procedural_scenes
 
     return load_procedural_scenes(
         num_train=data_args.num_train_scenes,
@@ -127,22 +128,6 @@ def load_data(data_args: DataArguments) -> datasets.DatasetDict:
         seed=data_args.scene_seed,
         cache_dir=data_args.cache_dir,
     )
-
-
-def select_split(raw: datasets.DatasetDict, name: str, flag: str) -> datasets.Dataset:
-    """Split ``name`` of ``raw``, its first rows checked against the record schema: a missing split or
-    a dataset of other columns (``image, text``) is an error that says what is there instead."""
-    if name not in raw:
-        raise KeyError(f"{flag} {name!r}: the dataset has no such split; its splits are {sorted(raw)}")
-    split = raw[name]
-    for row in range(min(len(split), 8)):
-        try:
-            validate_record(split[row], row=row)
-        except InvalidRecordError as err:
-            raise InvalidRecordError(
-                f"split {name!r} is not a dataset of counterfactual records (columns {split.column_names}): {err}"
-            ) from None
-    return split
 
 
 def load_model(model_args: ModelArguments, training_args: CounterfactualTrainingArguments, train: datasets.Dataset):
@@ -205,16 +190,26 @@ def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | No
         return None if benchmark is None else evaluate_benchmark(CLIPScorer(model, processor), benchmark)
 
 
+def shipped_deepspeed_config(value: str) -> str:
+    """``zero2`` / ``zero3``: the DeepSpeed configs shipped in the package; anything else unchanged."""
+    from importlib.resources import files
+
+    shipped = files("hf_counterfactual") / "configs" / "deepspeed" / f"{value}.json"
+    return str(shipped) if value in ("zero2", "zero3") else value
+
+
 def parse_args(argv: list[str] | None = None):
     """The three argument dataclasses. Without ``--model_name_or_path`` (however it is spelled: the
     value decides, not the flag's spelling) :data:`EMBEDDED_DEFAULTS` replace the defaults of the
     arguments the command line leaves unset; ``--help`` shows the defaults for a real checkpoint."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, CounterfactualTrainingArguments), description=__doc__)
-    model_args, *_ = parser.parse_args_into_dataclasses(args=argv)
-    if model_args.model_name_or_path is None:
-        parser.set_defaults(**EMBEDDED_DEFAULTS)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments(
+        (ModelArguments, DataArguments, CounterfactualTrainingArguments),
+        sys.argv[1:] if argv is None else argv,
+        prog="hf-cf train",
+        description=__doc__,
+        defaults=lambda parsed: EMBEDDED_DEFAULTS if parsed[0].model_name_or_path is None else {},
+        aliases={"deepspeed": shipped_deepspeed_config},
+    )
 
 
 def checkpoint_to_resume(training_args) -> str | None:
@@ -226,7 +221,7 @@ def checkpoint_to_resume(training_args) -> str | None:
         return None
     if wanted != "last":
         if not os.path.isfile(os.path.join(wanted, "trainer_state.json")):
-            raise FileNotFoundError(f"--resume_from_checkpoint {wanted}: not a complete checkpoint (no trainer_state.json)")
+            raise UsageError(f"--resume_from_checkpoint {wanted}: not a complete checkpoint (no trainer_state.json)")
         return wanted
     pattern = os.path.join(training_args.output_dir, "checkpoint-*")
     steps = {path: path.rsplit("-", 1)[-1] for path in glob.glob(pattern)}
@@ -234,12 +229,17 @@ def checkpoint_to_resume(training_args) -> str | None:
         if os.path.isfile(os.path.join(path, "trainer_state.json")):
             return path
         logger.warning("Skipping %s: a half-written checkpoint (no trainer_state.json)", path)
-    raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint in {training_args.output_dir}")
+    raise UsageError(f"--resume_from_checkpoint last: no complete checkpoint in {training_args.output_dir}")
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """``hf-cf train`` (``argv`` without the ``train`` word): returns the before / after scores."""
     model_args, data_args, training_args = parse_args(argv)
-    resume = checkpoint_to_resume(training_args)  # before any work: a bad folder fails at once
+    # Before any work: a wrong name or folder fails at once, in one line.
+    check_pretrained(
+        model_args.model_name_or_path, "--model_name_or_path", tiny=False, hint="offline, leave it out to train the tiny default model"
+    )
+    resume = checkpoint_to_resume(training_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
@@ -283,12 +283,50 @@ def main(argv: list[str] | None = None) -> dict:
             results["heldout_style"] = {"before": before["held-out style"], "after": after["held-out style"]}
         with open(os.path.join(training_args.output_dir, "evaluation_results.json"), "w") as f:
             json.dump(results, f, indent=2)
-    dataset_name = data_args.dataset_name or "procedural-scenes"
+        write_chart(training_args.output_dir, before["test split"], after["test split"])
+    card = dict(
+        dataset_name=data_args.dataset_name,
+        benchmark=test_split_identity(data_args),
+        base_model_description=None if model_args.model_name_or_path else tiny_start(model_args),
+        chart=CHART if main_process else None,
+    )
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=dataset_name)
+        trainer.push_to_hub(**card)
     else:
-        trainer.create_model_card(dataset_name=dataset_name)
+        trainer.create_model_card(**card)
     return results
+
+
+CHART = "group_score_per_edit_kind.png"
+
+
+def tiny_start(model_args: ModelArguments) -> str:
+    """What the embedded default fine-tunes, in words (the model card's summary)."""
+    if model_args.pretrain_epochs > 0:
+        return f"a tiny CLIP built from a config, pre-trained with InfoNCE on the factual pairs for {model_args.pretrain_epochs:g} epochs"
+    return "a tiny CLIP built from a config (random initialisation)"
+
+
+def write_chart(output_dir: str, before: dict, after: dict) -> str:
+    """The group score per edit kind, before and after, as ``output_dir/group_score_per_edit_kind.png``."""
+    from ..figures import group_score_chart, save_figure
+
+    def per_kind(results: dict) -> dict[str, float]:
+        return {kind: 100 * scores["group_score"] for kind, scores in results.items() if kind not in ("all", "macro")}
+
+    path = os.path.join(output_dir, CHART)
+    save_figure(group_score_chart(per_kind(before), per_kind(after), title="group score per edit kind (test split)"), path)
+    return path
+
+
+def test_split_identity(data_args: DataArguments) -> tuple[str, str, str | None]:
+    """The test split's name in the model-index, the one ``hf-cf evaluate`` gives the same data."""
+    from .evaluate import EvaluationArguments, benchmark_identity
+
+    if data_args.dataset_name is None:
+        return benchmark_identity("procedural")
+    args = EvaluationArguments(model_name_or_path="", records_dataset=data_args.dataset_name, records_split=data_args.test_split)
+    return benchmark_identity("records", args)
 
 
 if __name__ == "__main__":
