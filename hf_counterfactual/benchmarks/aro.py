@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..nlp import resolve_spacy_pipeline
 from .core import MatchingBenchmark, MatchingExample
 from .files import check_relative, file_benchmark, read_json, require_strings, xywh_box
 
@@ -199,22 +200,14 @@ def shuffle_within_trigrams(caption: str, rng: random.Random) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_spacy(pipeline: str = "en_core_web_sm"):
-    """The spaCy ``pipeline`` with only what part-of-speech tags need (cached)."""
+def load_spacy(pipeline: str = "auto"):
+    """The spaCy ``pipeline`` (``auto``: the first installed English one, see
+    :func:`hf_counterfactual.nlp.resolve_spacy_pipeline`) with only what part-of-speech tags need (cached)."""
     try:
         import spacy
     except ImportError as err:
-        raise ImportError(
-            "the noun/adjective shuffles of the ARO Order benchmarks need spaCy: pip install spacy && "
-            f"python -m spacy download {pipeline}"
-        ) from err
-    try:
-        return spacy.load(pipeline, exclude=["parser", "ner", "lemmatizer"])
-    except OSError as err:
-        raise OSError(
-            f"spaCy pipeline {pipeline!r} is not installed: python -m spacy download {pipeline} "
-            f"(or pass pipeline= the name of an installed English pipeline) ({err})"
-        ) from err
+        raise ImportError("the noun/adjective shuffles of the ARO Order benchmarks need spaCy: pip install spacy") from err
+    return spacy.load(resolve_spacy_pipeline(pipeline, "pipeline"), exclude=["parser", "ner", "lemmatizer"])
 
 
 def _tagged(caption, nlp, pipeline: str) -> tuple[list[str], list[str]]:
@@ -241,7 +234,7 @@ def _permute(words: list[str], positions: list[int], rng: random.Random) -> None
         words[i] = value
 
 
-def shuffle_nouns_and_adjectives(caption, rng: random.Random, nlp=None, pipeline: str = "en_core_web_sm") -> str:
+def shuffle_nouns_and_adjectives(caption, rng: random.Random, nlp=None, pipeline: str = "auto") -> str:
     """The nouns shuffled among the nouns' places and the adjectives among the adjectives' (ARO's
     ``shuffle_nouns_and_adj``; Penn tags NN* and JJ*). ``caption``: a string (whitespace words,
     tagged with ``nlp``, default ``load_spacy(pipeline)``) or an already tagged spaCy ``Doc``."""
@@ -251,7 +244,7 @@ def shuffle_nouns_and_adjectives(caption, rng: random.Random, nlp=None, pipeline
     return " ".join(words)
 
 
-def shuffle_all_but_nouns_and_adjectives(caption, rng: random.Random, nlp=None, pipeline: str = "en_core_web_sm") -> str:
+def shuffle_all_but_nouns_and_adjectives(caption, rng: random.Random, nlp=None, pipeline: str = "auto") -> str:
     """Every word that is not a noun or adjective shuffled among those places (ARO's
     ``shuffle_allbut_nouns_and_adj``); arguments as :func:`shuffle_nouns_and_adjectives`."""
     words, tags = _tagged(caption, nlp, pipeline)
@@ -346,7 +339,7 @@ def aro_order_benchmark(
     images_dir: str | os.PathLike,
     name: str = "coco-order",
     seed: int = 0,
-    pipeline: str = "en_core_web_sm",
+    pipeline: str = "auto",
     max_words: int | None = 30,
 ) -> MatchingBenchmark:
     """ARO's COCO-Order / Flickr30k-Order: an image, one of its captions and four word-order
@@ -419,7 +412,7 @@ def aro_order_benchmark(
     metadata = {
         "source": f"{_SOURCE} (Order perturbations)",
         "seed": seed,
-        "spacy_pipeline": pipeline,
+        "spacy_pipeline": resolve_spacy_pipeline(pipeline, "pipeline"),
         "perturbations": list(ORDER_PERTURBATIONS),
         "dropped_options": dropped_options,
         "dropped_examples": dropped_examples,

@@ -43,6 +43,7 @@ from transformers import AutoProcessor, CLIPModel, set_seed
 
 from ..benchmarks import MatchingBenchmark, counterfactual_records_benchmark, evaluate_benchmark, format_results
 from ..distributed import full_parameters
+from ..features import defer_image_decoding
 from ..objectives import TERMS
 from ..scoring import CLIPScorer
 from ..trainer import CounterfactualTrainer
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_test_samples is not None:
         test = test.select(range(min(data_args.max_test_samples, len(test))))
+    # The collator decodes the images, so a corrupt one is an error naming its batch item and field.
+    train = defer_image_decoding(train)
     model, processor = load_model(model_args, training_args, train)
     if model_args.use_lora:
         from peft import LoraConfig, get_peft_model

@@ -401,7 +401,8 @@ class RuleBasedEditor:
     output is deterministic for a seed and independent of batch composition.
 
     Args:
-        pipeline: name of an installed spaCy English pipeline (ignored if ``nlp`` is given).
+        pipeline: name of an installed spaCy English pipeline, ``auto``: the first installed of
+            :data:`hf_counterfactual.nlp.ENGLISH_PIPELINES` (ignored if ``nlp`` is given).
         nlp: an already loaded spaCy ``Language``.
         kinds: the edit kinds to produce, in the order they are returned.
         seed: seed of the random choices.
@@ -420,7 +421,7 @@ class RuleBasedEditor:
 
     def __init__(
         self,
-        pipeline: str = "en_core_web_sm",
+        pipeline: str = "auto",
         nlp=None,
         kinds: Sequence[str] = RULE_KINDS,
         seed: int = 0,
@@ -439,13 +440,9 @@ class RuleBasedEditor:
                 import spacy
             except ImportError as err:  # pragma: no cover - spaCy is a dependency of this stage
                 raise ImportError("rule-based text edits need spaCy: pip install spacy") from err
-            try:
-                nlp = spacy.load(pipeline)
-            except OSError as err:
-                raise OSError(
-                    f"spaCy pipeline {pipeline!r} is not installed: python -m spacy download {pipeline} "
-                    f"(or pass pipeline= the name of an installed English pipeline) ({err})"
-                ) from err
+            from ..nlp import resolve_spacy_pipeline
+
+            nlp = spacy.load(resolve_spacy_pipeline(pipeline, "pipeline"))
         self.nlp = nlp
         self.kinds = tuple(kinds)
         self.seed = seed
