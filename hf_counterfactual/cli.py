@@ -50,7 +50,7 @@ def shipped_configs() -> list[str]:
     return sorted(str(path) for folder in root.iterdir() if folder.is_dir() for path in folder.iterdir() if path.is_file())
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     # The launcher's environment, read without starting torch.distributed: under `accelerate launch`
     # every process runs this, and only rank 0 should say what is wrong.
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "")
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command.main(argv[1:])
     except UsageError as err:
-        if _is_main_process():
+        if is_main_process():
             print(f"hf-cf {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -383,12 +383,28 @@ def summary_line(output_dir: str, split: str, stats: dict) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None, script: str = "`hf-cf generate`") -> dict:
+def push_dataset_folder(output_dir: str, repo_id: str, private: bool = False) -> None:
+    """Uploads a generated folder to the Hub dataset repo ``repo_id`` (the resume bookkeeping and the
+    LLM caches stay local), where ``load_dataset(repo_id)`` reads its Parquet."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=output_dir, ignore_patterns=[f"{PROGRESS_DIR}/*", ".cache/*"])
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     """``hf-cf generate`` (``argv`` without the ``generate`` word): returns the stats of every split in
-    the output folder. ``script``: what the card says made it (``dataset_scripts/`` link back)."""
+    the output folder."""
+    (args,) = parse_arguments((GenerationArguments,), sys.argv[1:] if argv is None else argv, prog="hf-cf generate", description=__doc__)
+    return run(args)
+
+
+def run(args: GenerationArguments, script: str = "`hf-cf generate`") -> dict:
+    """Generates split ``args.split`` into ``args.output_dir`` (resuming what is there), finalizes
+    every complete split of the folder, pushes when asked. ``script``: what the card says made it."""
     from accelerate import PartialState
 
-    (args,) = parse_arguments((GenerationArguments,), sys.argv[1:] if argv is None else argv, prog="hf-cf generate", description=__doc__)
     args = check_arguments(args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     state = PartialState(cpu=args.use_cpu)
@@ -417,10 +433,6 @@ def main(argv: Sequence[str] | None = None, script: str = "`hf-cf generate`") ->
         stats = finalize(args.output_dir, list(runs), dataset_card=card)
         logger.info("generation stats: %s", json.dumps(stats[args.split]))
         if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(args.hub_model_id, repo_type="dataset", exist_ok=True, private=args.hub_private_repo)
-            api.upload_folder(repo_id=args.hub_model_id, repo_type="dataset", folder_path=args.output_dir, ignore_patterns=[f"{PROGRESS_DIR}/*", ".cache/*"])
+            push_dataset_folder(args.output_dir, args.hub_model_id, args.hub_private_repo)
         print(summary_line(args.output_dir, args.split, stats), flush=True)
     return stats
