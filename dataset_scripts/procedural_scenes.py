@@ -26,6 +26,7 @@ import yaml
 from hf_counterfactual import __version__
 from hf_counterfactual.builders import ProceduralScenesConfig, load_procedural_scenes
 from hf_counterfactual.commands import UsageError, parse_arguments
+from hf_counterfactual.commands.generate import push_dataset_folder
 
 CONFIGS = {
     "default": "Counterfactual records: image, caption, paraphrases, counterfactuals (caption, image, edit, source, score).",
@@ -95,11 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(build, final)
     if args.push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(args.hub_model_id, repo_type="dataset", exist_ok=True, private=args.hub_private_repo)
-        api.upload_folder(repo_id=args.hub_model_id, repo_type="dataset", folder_path=args.output_dir)
+        push_dataset_folder(args.output_dir, args.hub_model_id, args.hub_private_repo)
     print(f"Wrote {sizes} to {args.output_dir}; read it with datasets.load_dataset({args.output_dir!r}, 'default')")
     return sizes
 

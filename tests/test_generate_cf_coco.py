@@ -63,7 +63,7 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
     assert "records: 6 from 8 images; skipped: 2" in card and "configs:" in card
     assert '"pixel_change": "' in card and "filter pass rates" in card and "diffusion inpainting with a random tiny model" in card
 
-    # The generated folder feeds run_cf_clip unchanged.
+    # The generated folder feeds hf-cf train unchanged.
     results = train.main(
         ["--model_name_or_path", save_tiny_clip(tmp_path / "model"), "--dataset_name", str(out), "--train_split", "val",
          "--test_split", "val", "--objective", "negclip", "--num_counterfactuals", "1", "--max_steps", "1",

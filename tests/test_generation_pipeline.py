@@ -4,7 +4,6 @@ grounding and paraphrase hooks, batch-size independence."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
