@@ -20,7 +20,8 @@ floating-point rounding: batched kernels (inpainting, the CLIP filter) may round
 items are grouped differently (another batch size, process count, a resume, a thread count), e.g.
 +-1 grey level in a few pixels or the 7th digit of a score. The same grouping gives identical bytes. Outcomes
 are reported as per-item counters (``image_edit/...``, ``filter/<name>/passed|failed``,
-``counterfactual/dropped: true caption|duplicate`` for candidates equal, up to case and whitespace,
+``text_edit/skipped: caption too long`` and ``text_edit/dropped: over max edits`` from the rule
+editor's caps, ``counterfactual/dropped: true caption|duplicate`` for candidates equal, up to case and whitespace,
 to a true caption or to an earlier candidate, ...) that
 the :class:`~hf_counterfactual.generation.writer.ShardedRecordWriter` stores with the shards, so a
 dataset card can give filter pass rates for exactly the records written. Time per stage is kept in
@@ -54,6 +55,13 @@ __all__ = ["CounterfactualGenerator", "FactualItem", "Instance", "STAGES"]
 
 #: Stage names, in the order they run (the keys of :attr:`CounterfactualGenerator.timings`).
 STAGES = ("load", "text_edits", "paraphrases", "flip", "grounding", "inpainting", "filters", "assemble")
+
+#: Per-caption stats of a text editor (``edit_batch_with_stats``, e.g. RuleBasedEditor's caps) ->
+#: the item counter they are reported as.
+EDITOR_COUNTERS = {
+    "skipped_caption_too_long": "text_edit/skipped: caption too long",
+    "dropped_over_max_edits": "text_edit/dropped: over max edits",
+}
 
 #: Edit kinds that an image edit can realise (the others stay text-only negatives).
 IMAGE_EDIT_KINDS = ("object", "attribute", "count")
@@ -167,7 +175,12 @@ class CounterfactualGenerator:
 
     Args:
         text_editors: objects with ``edit_batch(captions) -> list[list[TextEdit]]``
-            (:class:`~hf_counterfactual.generation.RuleBasedEditor`, ``LLMConceptEditor``).
+            (:class:`~hf_counterfactual.generation.RuleBasedEditor`, ``LLMConceptEditor``). One
+            that also has ``edit_batch_with_stats`` (RuleBasedEditor) reports per caption why it
+            made fewer edits: a caption over its ``max_caption_words`` is counted as
+            ``text_edit/skipped: caption too long`` and, if the item ends up without enough
+            counterfactuals, is skipped as "caption too long (> N words)" rather than "no editable
+            word"; edits over ``max_edits_per_caption`` are counted as ``text_edit/dropped: over max edits``.
         flip: add CounterCurate flips for captions naming left/right.
         inpainter: an :class:`InpaintingEditor`; None makes no inpainted images.
         image_edit_kinds: which kinds of text edit to realise as images (of "object",
@@ -233,7 +246,8 @@ class CounterfactualGenerator:
 
     def make_records(self, indices: Sequence[int], items: Sequence[FactualItem]) -> list[GeneratedRecord | SkipRecord]:
         """One result per item: a :class:`GeneratedRecord` with its counters, or a counted
-        :class:`SkipRecord` (unreadable image, no usable caption, too few counterfactuals)."""
+        :class:`SkipRecord` (unreadable image, no usable caption, a caption too long for the
+        text editor, too few counterfactuals)."""
         self.num_items += len(items)
         counts = [Counter() for _ in items]
         results: list[Any] = [None] * len(items)
@@ -257,9 +271,20 @@ class CounterfactualGenerator:
 
         with self._timed("text_edits"):
             text_edits: dict[int, list[TextEdit]] = {i: [] for i in live}
+            too_long: dict[int, int | None] = {}  # item -> the max_caption_words its caption exceeded
             for editor in self.text_editors:
-                for i, edits in zip(live, editor.edit_batch([captions[i] for i in live])):
+                batch = [captions[i] for i in live]
+                if hasattr(editor, "edit_batch_with_stats"):
+                    edit_lists, editor_stats = editor.edit_batch_with_stats(batch)
+                else:
+                    edit_lists, editor_stats = editor.edit_batch(batch), [{} for _ in live]
+                for i, edits, stats in zip(live, edit_lists, editor_stats):
                     text_edits[i].extend(edits)
+                    for key, counter in EDITOR_COUNTERS.items():
+                        if stats.get(key):
+                            counts[i][counter] += stats[key]
+                    if stats.get("skipped_caption_too_long"):
+                        too_long.setdefault(i, getattr(editor, "max_caption_words", None))
 
         paraphrases = {i: [c.strip() for c in items[i].captions[1:] if isinstance(c, str) and c.strip()] for i in live}
         with self._timed("paraphrases"):
@@ -299,6 +324,11 @@ class CounterfactualGenerator:
         with self._timed("assemble"):
             for i in live:
                 results[i] = self._assemble(i, captions[i], paraphrases[i], images[i], flips[i], image_cfs[i], text_edits[i], counts[i])
+                if isinstance(results[i], SkipRecord) and i in too_long:
+                    # Its text editor never looked at the caption: say so, not "no editable word".
+                    cap = too_long[i]
+                    reason = f"caption too long (> {cap} words)" if cap is not None else "caption too long"
+                    results[i] = SkipRecord(reason, counts=results[i].counts)
         return results
 
     # ---------------------------------------------------------------------------- grounding

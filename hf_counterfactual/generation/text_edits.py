@@ -464,9 +464,17 @@ class RuleBasedEditor:
     def edit_batch(self, captions: list[str], batch_size: int = 256) -> list[list[TextEdit]]:
         """:meth:`edit` for many captions, parsed with ``nlp.pipe``; captions over
         ``max_caption_words`` are not parsed and get ``[]``."""
+        return self.edit_batch_with_stats(captions, batch_size=batch_size)[0]
+
+    def edit_batch_with_stats(self, captions: list[str], batch_size: int = 256) -> tuple[list[list[TextEdit]], list[Counter]]:
+        """:meth:`edit_batch`, also returning each caption's own share of :attr:`stats` (a
+        ``Counter`` per caption, same keys: ``skipped_caption_too_long``, ``dropped_over_max_edits``,
+        ``rejected_same_as_caption``, ``rejected_duplicate``), so that a caller can tell why one
+        caption got no (or fewer) edits. :attr:`stats` is updated as by :meth:`edit_batch`."""
         captions = [c if isinstance(c, str) else "" for c in captions]
         cap = self.max_caption_words
         kept = [i for i, c in enumerate(captions) if cap is None or len(c.split()) <= cap]
+        per_caption = [Counter() for _ in captions]
         skipped = len(captions) - len(kept)
         if skipped:
             if not self.stats["skipped_caption_too_long"]:
@@ -474,7 +482,10 @@ class RuleBasedEditor:
                     "RuleBasedEditor: skipping %d caption(s) of more than max_caption_words=%d words (no edits); "
                     "further skips are only counted in stats['skipped_caption_too_long']", skipped, cap,
                 )
-            self.stats["skipped_caption_too_long"] += skipped
+            kept_set = set(kept)
+            for i in range(len(captions)):
+                if i not in kept_set:
+                    per_caption[i]["skipped_caption_too_long"] += 1
         out: list[list[TextEdit]] = [[] for _ in captions]
         docs = list(self.nlp.pipe((captions[i] for i in kept), batch_size=batch_size))
         word_docs: list = [None] * len(kept)
@@ -487,12 +498,14 @@ class RuleBasedEditor:
             for j, wdoc in zip(nonempty, parsed):
                 word_docs[j] = wdoc
         for i, doc, wdoc in zip(kept, docs, word_docs):
-            out[i] = self._edits(captions[i], doc, wdoc)
-        return out
+            out[i] = self._edits(captions[i], doc, wdoc, per_caption[i])
+        for counter in per_caption:
+            self.stats.update(counter)
+        return out, per_caption
 
     # -- per caption -----------------------------------------------------------------------------
 
-    def _edits(self, caption: str, doc, word_doc) -> list[TextEdit]:
+    def _edits(self, caption: str, doc, word_doc, stats: Counter) -> list[TextEdit]:
         out: list[TextEdit] = []
         # Compared as the model sees them: "A dog" and "a  dog" are one caption, not an edit.
         original = normalize_caption(caption)
@@ -508,11 +521,11 @@ class RuleBasedEditor:
                 if not key:
                     continue
                 if key in seen:
-                    self.stats["rejected_same_as_caption" if key == original else "rejected_duplicate"] += 1
+                    stats["rejected_same_as_caption" if key == original else "rejected_duplicate"] += 1
                     continue
                 seen.add(key)
                 if self.max_edits_per_caption is not None and len(out) >= self.max_edits_per_caption:
-                    self.stats["dropped_over_max_edits"] += 1
+                    stats["dropped_over_max_edits"] += 1
                     continue
                 out.append(TextEdit(caption=new_caption.strip(), edit=kind, source="rule", old=old, new=new, target=target))
         return out
