@@ -181,3 +181,11 @@ def test_model_card_after_training_and_three_evaluations(tmp_path):
     assert len(keys) == len(set(keys)) == len(trained)  # replaced, never added beside
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == trained  # same model, same records
     assert "](group_score_procedural.png)" in card.text
+
+
+def test_help_shows_the_defaults_of_a_real_checkpoint(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--learning_rate LEARNING_RATE" in text and "(default: 5e-05)" in text  # TrainingArguments', not the tiny model's 1e-3
+    assert "(default: 0.001)" not in text.split("--learning_rate LEARNING_RATE")[1].split("--")[0]
