@@ -16,7 +16,8 @@ _EXPORTS = {
     "normalize_caption": "features",
     "validate_record": "features",
     "CounterfactualCollator": "collator",
-    "CLIPScorer": "scoring",
+    "DualEncoderScorer": "scoring",
+    "DualEncoderScores": "scoring",
     "similarity": "scoring",
     "OBJECTIVE_PRESETS": "objectives",
     "CounterfactualObjective": "objectives",
@@ -51,6 +52,6 @@ if TYPE_CHECKING:
     from .features import COUNTERFACTUAL_FEATURES, EDIT_KINDS, InvalidRecordError, normalize_caption, validate_record
     from .metrics import winoground_metrics, winoground_scores
     from .objectives import OBJECTIVE_PRESETS, CounterfactualObjective
-    from .scoring import CLIPScorer, similarity
+    from .scoring import DualEncoderScorer, DualEncoderScores, similarity
     from .trainer import CounterfactualTrainer
     from .training_args import CounterfactualTrainingArguments

@@ -44,6 +44,12 @@ factual pair (see :class:`CFVLMLossWeights`):
     L_fcd   = mean_{b with a valid j} [ m2 - S(I_a, T_a) + max_{j valid} S(I_cf_j, T_a) ]_+
               (the hardest minimally edited image, scored with the ORIGINAL text)
 
+Record-local contrast (any scorer: it asks only for pairs of a record with its own counterfactuals)::
+
+    L_text  = mean_{b with a valid k} -log( e^{S(I_a,T_a)} / (e^{S(I_a,T_a)} + sum_{k valid} e^{S(I_a,T_cf_k)}) )
+    L_image = mean_{b with a valid j} -log( e^{S(I_a,T_a)} / (e^{S(I_a,T_a)} + sum_{j valid} e^{S(I_cf_j,T_a)}) )
+    L_local = the mean of L_text and L_image over the sides that have a valid row
+
 The hinge losses are unit-agnostic: their scores may be cosine similarities, temperature-scaled
 logits (what the trainer passes: logit_scale * cosine) or log-likelihoods, and the margin is in
 the SAME units as the scores.
@@ -63,6 +69,7 @@ __all__ = [
     "fine_grained_discrimination_loss",
     "info_nce",
     "negclip_loss",
+    "record_local_contrastive_loss",
 ]
 
 
@@ -405,6 +412,52 @@ def fine_grained_discrimination_loss(
     row_valid = mask.any(dim=1)
     hardest = torch.where(row_valid, hardest, hardest.new_zeros(()))
     return _masked_mean((margin - fact + hardest).clamp_min(0), row_valid)
+
+
+# ----------------------------------------------------------------------------- record-local contrast
+
+
+def _one_positive_nce(positive: Tensor, negatives: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per row ``-log softmax([positive | valid negatives])[0]`` and whether the row has a negative."""
+    if mask is None:
+        mask = torch.ones_like(negatives, dtype=torch.bool)
+    logits = torch.cat([positive.unsqueeze(1), negatives.masked_fill(~mask, float("-inf"))], dim=1)
+    return -torch.log_softmax(logits, dim=1)[:, 0], mask.any(dim=1)
+
+
+def record_local_contrastive_loss(
+    factual_scores: Tensor,
+    text_negative_scores: Tensor,
+    image_negative_scores: Tensor,
+    *,
+    text_mask: Tensor | None = None,
+    image_mask: Tensor | None = None,
+) -> Tensor:
+    """Record-local InfoNCE: the factual pair against its own record's counterfactuals only, on
+    the text side (its image with each counterfactual caption) and on the image side (each edited
+    image with its caption). Needs no all-pairs scores, so any scorer (a generative VLM's
+    log-likelihoods too) can train with it.
+
+    Args:
+        factual_scores: ``[B]``, ``S(I_a, T_a)``.
+        text_negative_scores: ``[B, K]``, ``S(I_a, T_cf_k)``.
+        image_negative_scores: ``[B, K]``, ``S(I_cf_j, T_a)``.
+        text_mask, image_mask: ``[B, K]`` bool; ``False`` = no such counterfactual caption / image.
+
+    Returns:
+        ``L_local`` of the module docstring, float32 (float64 for float64 input); a connected
+        zero when no record has a valid negative on either side.
+    """
+    fact, text_neg, text_mask = _check_hinge_inputs(factual_scores, text_negative_scores, "text_negative_scores", 0.0, text_mask)
+    _, image_neg, image_mask = _check_hinge_inputs(factual_scores, image_negative_scores, "image_negative_scores", 0.0, image_mask)
+    values, present = [], []
+    for negatives, mask in ((text_neg, text_mask), (image_neg.to(fact.dtype), image_mask)):
+        losses, valid = _one_positive_nce(fact, negatives, mask)
+        values.append(_masked_mean(torch.where(valid, losses, losses.new_zeros(())), valid))
+        present.append(valid.any())
+    # The mean over the sides that have a valid row, without a host sync.
+    present = torch.stack(present).to(fact.dtype)
+    return (torch.stack(values) * present).sum() / present.sum().clamp_min(1)
 
 
 # ----------------------------------------------------------------------------- weights

@@ -1,7 +1,7 @@
-"""Counterfactual objectives: from one step's embeddings and the collator's index tensors to named loss terms.
+"""Counterfactual objectives: from one step's scores and the collator's index tensors to named loss terms.
 
-Terms (each a pure loss in :mod:`hf_counterfactual.losses`, fed scores picked out of one image and
-one text embedding matrix):
+Terms (each a pure loss in :mod:`hf_counterfactual.losses`, fed the scores it asks the step's
+scorer for, :mod:`hf_counterfactual.scoring`):
 
 - ``align``: symmetric InfoNCE on factual pairs (CLIP; CF-VLM's ``L_align``).
 - ``negclip``: InfoNCE whose image->text softmax also holds every counterfactual caption of the
@@ -12,8 +12,16 @@ one text embedding matrix):
 - ``csd``: CF-VLM ``L_csd``, hinge ``S(Ia, Ta) >= S(Icf_k, Tcf_k) + m1`` over the K complete pairs.
 - ``fcd``: CF-VLM ``L_fcd``, hinge ``S(Ia, Ta) >= max_j S(Icf_j, Ta) + m2`` (hardest edited image,
   original text).
+- ``local``: record-local InfoNCE, ``S(Ia, Ta)`` against ``S(Ia, Tcf_k)`` and against ``S(Icf_j, Ta)``.
 
-Every term reads the model's scores ``S = logit_scale * cosine`` (what evaluation ranks by).
+What a term needs (:data:`TERM_NEEDS`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
+every image against every text of the (global) batch, which only a dual encoder gives cheaply;
+``pairs`` terms (``csd``, ``fcd``, ``local``) ask only for pairs of a record with its own
+counterfactuals, which any scorer gives (a generative VLM too). :meth:`CounterfactualObjective.check`
+says at start-up which terms a model cannot serve.
+
+Every term reads the model's scores ``S`` (for a dual encoder ``scale * cosine + bias``: what
+evaluation ranks by).
 Contrastive terms score local rows against columns gathered from every process; the hinge terms
 compare a record with its own counterfactuals, so they stay local, and their margins are in score
 units (a margin of 1.0 is 1/logit_scale in cosine: 0.01 for a CLIP at logit_scale 100).
@@ -38,9 +46,11 @@ import torch
 
 from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
-from .scoring import similarity
+from .losses import record_local_contrastive_loss
 
-TERMS = ("align", "negclip", "grouping", "csd", "fcd")
+TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local")
+#: What each term asks the scorer for: all-pairs scores ("dense") or a record's own pairs ("pairs").
+TERM_NEEDS = {"align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs"}
 
 #: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
 OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
@@ -83,47 +93,75 @@ class CounterfactualObjective:
         weights.update({term: w for term, w in (weight_overrides or {}).items() if w is not None})
         return cls(weights=weights, **kwargs)
 
+    def check(self, dense: bool, model_name: str) -> None:
+        """Raises at start-up when a term needs what the model's scorer cannot give: all-pairs
+        scores (``dense`` terms) from a model that scores one pair per forward."""
+        missing = [term for term in self.weights if TERM_NEEDS[term] == "dense" and not dense]
+        if missing:
+            usable = [term for term, need in TERM_NEEDS.items() if need == "pairs"]
+            raise ValueError(
+                f"loss term(s) {missing} need all-pairs scores of a dual encoder, which {model_name} does not give "
+                f"(it scores one pair per forward); use the record-local terms {usable}"
+            )
+
     @property
     def uses_counterfactual_texts(self) -> bool:
-        return any(term in self.weights for term in ("negclip", "grouping", "csd"))
+        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local"))
 
     @property
     def uses_counterfactual_images(self) -> bool:
-        return any(term in self.weights for term in ("grouping", "csd", "fcd"))
+        return any(term in self.weights for term in ("grouping", "csd", "fcd", "local"))
 
     def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms returned by :meth:`__call__`."""
         return sum(self.weights[name] * value for name, value in terms.items())
 
-    def __call__(
-        self,
-        image_embeds: torch.Tensor,
-        text_embeds: torch.Tensor,
-        logit_scale: torch.Tensor,
-        batch: Mapping[str, torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, scores, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unweighted loss terms ``{name: scalar}`` for the terms with non-zero weight.
 
         Args:
-            image_embeds ``[I, D]``, text_embeds ``[T, D]``: L2-normalised embeddings of the batch's
-                distinct images and texts (``pixel_values`` / ``input_ids`` order).
-            logit_scale: the temperature: scores are ``logit_scale * cosine``.
+            scores: the step's scores (:class:`~hf_counterfactual.scoring.DualEncoderScores`, or any
+                object with ``pairs(image_index, text_index)`` when only record-local terms are on):
+                over the batch's distinct images and texts (``pixel_values`` / ``input_ids`` order).
             batch: the index tensors of :class:`~hf_counterfactual.collator.CounterfactualCollator` and its
                 content keys ``text_key`` / ``image_key``, which the contrastive terms gather to leave false
                 negatives out (see the module docstring); a batch without both keys is not masked.
         """
-        image = image_embeds[batch["image_index"]]
-        text = text_embeds[batch["text_index"]]
+        image_index, text_index = batch["image_index"], batch["text_index"]
         cf_text_index, cf_image_index = batch["cf_text_index"], batch["cf_image_index"]
-        cf_text = text_embeds[cf_text_index.clamp(min=0)]  # [B, K, D]; masked where index < 0
-        cf_image = image_embeds[cf_image_index.clamp(min=0)]
         cf_text_valid, cf_image_valid = cf_text_index >= 0, cf_image_index >= 0
-        keys = _pair_keys(batch)  # (factual [B, 2], counterfactual [B, K, 2]) or None: no masking
+        cf_texts, cf_images = cf_text_index.clamp(min=0), cf_image_index.clamp(min=0)  # masked where index < 0
         needs = self.weights
 
         terms: dict[str, torch.Tensor] = {}
+        if any(TERM_NEEDS[term] == "dense" for term in needs):
+            terms.update(self._dense_terms(scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid))
+        if "csd" in needs or "fcd" in needs or "local" in needs:
+            factual = scores.pairs(image_index, text_index)  # S(Ia, Ta), [B]
+            if "csd" in needs:
+                pair_scores = scores.pairs(cf_images, cf_texts)  # S(Icf_k, Tcf_k), [B, K]
+                terms["csd"] = counterfactual_separation_loss(
+                    factual, pair_scores, self.csd_margin, mask=cf_image_valid & cf_text_valid
+                )
+            if "fcd" in needs or "local" in needs:
+                edited_scores = scores.pairs(cf_images, text_index.unsqueeze(1))  # S(Icf_j, Ta), [B, K]
+            if "fcd" in needs:
+                terms["fcd"] = fine_grained_discrimination_loss(factual, edited_scores, self.fcd_margin, mask=cf_image_valid)
+            if "local" in needs:
+                edited_texts = scores.pairs(image_index.unsqueeze(1), cf_texts)  # S(Ia, Tcf_k), [B, K]
+                terms["local"] = record_local_contrastive_loss(
+                    factual, edited_texts, edited_scores, text_mask=cf_text_valid, image_mask=cf_image_valid
+                )
+        return terms
+
+    def _dense_terms(self, scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid) -> dict[str, torch.Tensor]:
+        image = scores.image_embeds[batch["image_index"]]
+        text = scores.text_embeds[batch["text_index"]]
+        cf_text, cf_image = scores.text_embeds[cf_texts], scores.image_embeds[cf_images]  # [B, K, D]
+        keys = _pair_keys(batch)  # (factual [B, 2], counterfactual [B, K, 2]) or None: no masking
+        needs, terms = self.weights, {}
         if "align" in needs or "negclip" in needs:
-            logits_per_image, logits_per_text, targets = self._local_vs_global(image, text, logit_scale)
+            logits_per_image, logits_per_text, targets = self._local_vs_global(image, text, scores)
             columns = self._gather(keys[0], grad=False) if keys is not None else None  # [M, 2]
             column_mask = _not_target_twins(columns, targets) if keys is not None else None
         if "align" in needs:
@@ -135,24 +173,14 @@ class CounterfactualObjective:
                 negative_mask = negative_mask & _not_true_captions(columns, targets, negative_text)
             terms["negclip"] = negclip_loss(
                 logits_per_image,
-                similarity(image, negatives, logit_scale),
+                scores.matrix(image, negatives),
                 logits_per_text,
                 targets,
                 column_mask=column_mask,
                 negative_mask=negative_mask,
             )
         if "grouping" in needs:
-            terms["grouping"] = self._grouping(image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, logit_scale)
-        if "csd" in needs or "fcd" in needs:
-            factual = logit_scale * (image * text).sum(-1)  # S(Ia, Ta), [B]
-            if "csd" in needs:
-                pair_scores = logit_scale * (cf_image * cf_text).sum(-1)  # S(Icf_k, Tcf_k), [B, K]
-                terms["csd"] = counterfactual_separation_loss(
-                    factual, pair_scores, self.csd_margin, mask=cf_image_valid & cf_text_valid
-                )
-            if "fcd" in needs:
-                edited_scores = logit_scale * (cf_image * text.unsqueeze(1)).sum(-1)  # S(Icf_j, Ta), [B, K]
-                terms["fcd"] = fine_grained_discrimination_loss(factual, edited_scores, self.fcd_margin, mask=cf_image_valid)
+            terms["grouping"] = self._grouping(image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, scores)
         return terms
 
     def _gather(self, tensor: torch.Tensor, grad: bool = True) -> torch.Tensor:
@@ -160,20 +188,20 @@ class CounterfactualObjective:
             return tensor
         return all_gather_with_grad(tensor) if grad else all_gather_no_grad(tensor)
 
-    def _local_vs_global(self, image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor):
+    def _local_vs_global(self, image: torch.Tensor, text: torch.Tensor, scores):
         """Local rows against gathered columns, and the column of each row's positive."""
-        logits_per_image = similarity(image, self._gather(text), logit_scale)
-        logits_per_text = similarity(text, self._gather(image), logit_scale)
+        logits_per_image = scores.matrix(image, self._gather(text))
+        logits_per_text = scores.matrix(self._gather(image), text).T  # S(image column, text row)
         rank = rank_and_world_size()[0] if self.gather else 0
         targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
         return logits_per_image, logits_per_text, targets
 
-    def _grouping(self, image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, logit_scale) -> torch.Tensor:
+    def _grouping(self, image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, scores) -> torch.Tensor:
         # Positives: B factual pairs followed by the B*K complete counterfactual pairs.
         pair_valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
         pair_image = torch.cat([image, cf_image.flatten(0, 1)])
         pair_text = torch.cat([text, cf_text.flatten(0, 1)])
-        logits_per_image, logits_per_text, targets = self._local_vs_global(pair_image, pair_text, logit_scale)
+        logits_per_image, logits_per_text, targets = self._local_vs_global(pair_image, pair_text, scores)
         # Text-only counterfactuals (no edited image) are not pairs, but their captions are hard
         # negatives: the gathered pair columns already hold their scores, so they join the
         # image->text softmax as extra columns of the same logits (no second gather or matmul).

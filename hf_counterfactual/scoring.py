@@ -1,4 +1,11 @@
-"""Image-text scores for dual encoders: ``logit_scale * cosine``, the same in training and evaluation."""
+"""The scoring seam: scores ``S(image, text)`` for the pairs an objective or a benchmark asks for.
+
+Training and evaluation read the same scores. A dual encoder (CLIP, SigLIP) gives
+``S = scale * cosine + bias`` (``bias`` 0 for CLIP) for any pair, all pairs included ("dense"), from
+one pass of each encoder; a generative VLM gives a score per pair it is asked about (each costs a
+forward), so only record-local terms can use it. :class:`DualEncoderScores` is one training step's
+scores of a dual encoder; :class:`DualEncoderScorer` scores images against texts for evaluation.
+"""
 
 from __future__ import annotations
 
@@ -16,24 +23,81 @@ def similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scal
     return logit_scale * image_embeds @ text_embeds.transpose(-1, -2)
 
 
-def logit_scale_from_outputs(outputs) -> torch.Tensor:
-    """The temperature ``logit_scale.exp()`` that a ``CLIPModel`` forward applied, read off its outputs.
+def has_logit_bias(model) -> bool:
+    """Whether a dual encoder adds a learned bias to its scores (SigLIP) or not (CLIP). Reads the
+    attribute, not its value, so it also holds for a parameter ZeRO-3 has partitioned."""
+    model = getattr(model, "module", model)  # DDP / DeepSpeed engine
+    return hasattr(model, "logit_bias")
 
-    Equal to ``model.logit_scale.exp()`` and differentiable with respect to it, but also right where
-    the parameter is not readable outside the forward (DeepSpeed ZeRO-3 partitions it): the forward
-    returns ``logits_per_text = scale * cos``, so the least-squares ratio recovers ``scale`` exactly.
+
+def scale_and_bias_from_outputs(outputs, with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``scale`` (``logit_scale.exp()``) and ``bias`` that a dual encoder's forward applied, read
+    off its outputs: ``logits_per_text = scale * cos + bias``.
+
+    Equal to the model's parameters and differentiable with respect to them, but also right where
+    they are not readable outside the forward (DeepSpeed ZeRO-3 partitions them): least squares of
+    the logits on the cosines recovers them exactly, through the origin for CLIP, with an intercept
+    for SigLIP (``with_bias``; through the origin its scale would be wrong: 38.5 for a SigLIP at
+    scale 10, bias -10). With a bias, the batch needs two different cosines to tell them apart.
     """
     cos = outputs.text_embeds @ outputs.image_embeds.T
-    return (outputs.logits_per_text * cos).sum() / cos.square().sum()
+    logits = outputs.logits_per_text
+    if not with_bias:
+        return (logits * cos).sum() / cos.square().sum(), None
+    centred_cos, centred_logits = cos - cos.mean(), logits - logits.mean()
+    spread = centred_cos.square().sum()
+    if not spread > 0:
+        raise ValueError("a batch with one image-text cosine cannot separate the scale from the bias: use at least 2 images or texts")
+    scale = (centred_logits * centred_cos).sum() / spread
+    return scale, logits.mean() - scale * cos.mean()
 
 
-class CLIPScorer:
-    """Scores images against texts with a ``CLIPModel`` (or any model with ``get_image_features``,
-    ``get_text_features`` and ``logit_scale``), encoding in batches without gradient.
+class DualEncoderScores:
+    """One step's scores of a dual encoder over its distinct images and texts: ``S = scale * cosine
+    + bias`` for any pair. Objectives ask for them by pair (:meth:`pairs`, what any scorer can
+    give) or, being dense, as matrices over (possibly gathered) embeddings (:meth:`matrix`).
+
+    Args:
+        image_embeds ``[I, D]``, text_embeds ``[T, D]``: L2-normalised embeddings.
+        scale: the temperature; bias: SigLIP's learned bias (``None``: no bias, as CLIP).
+    """
+
+    dense = True
+
+    def __init__(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float, bias: torch.Tensor | float | None = None):
+        self.image_embeds, self.text_embeds, self.scale, self.bias = image_embeds, text_embeds, scale, bias
+
+    @classmethod
+    def from_outputs(cls, outputs, with_bias: bool = False) -> "DualEncoderScores":
+        """From a ``CLIPModel`` / ``SiglipModel`` forward (see :func:`scale_and_bias_from_outputs`)."""
+        return cls(outputs.image_embeds, outputs.text_embeds, *scale_and_bias_from_outputs(outputs, with_bias))
+
+    def _biased(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores if self.bias is None else scores + self.bias
+
+    def matrix(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Scores of every image against every text ``[..., N, M]`` (embeddings of this step or gathered)."""
+        return self._biased(similarity(image_embeds, text_embeds, self.scale))
+
+    def pairwise(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Scores of aligned pairs (broadcast over leading dimensions)."""
+        return self._biased(self.scale * (image_embeds * text_embeds).sum(-1))
+
+    def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """``S(image_index[..], text_index[..])`` over this step's distinct images and texts (indices
+        broadcast against each other)."""
+        image_index, text_index = torch.broadcast_tensors(image_index, text_index)
+        return self.pairwise(self.image_embeds[image_index], self.text_embeds[text_index])
+
+
+class DualEncoderScorer:
+    """Scores images against texts with a dual encoder (``CLIPModel``, ``SiglipModel``, or any model
+    with ``get_image_features``, ``get_text_features``, ``logit_scale`` and optionally ``logit_bias``),
+    encoding in batches without gradient: ``S = scale * cosine + bias``, as in training.
 
     Example::
 
-        scorer = CLIPScorer(model, processor)
+        scorer = DualEncoderScorer(model, processor)
         scores = scorer.score(images, texts)   # [len(images), len(texts)]
     """
 
@@ -43,6 +107,8 @@ class CLIPScorer:
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
+        # SigLIP's text tower was trained on texts padded to its full length (its docs: padding="max_length").
+        self.text_padding = "max_length" if getattr(model.config, "model_type", "").startswith("siglip") else True
 
     def _batches(self, items: Sequence, desc: str):
         starts = range(0, len(items), self.batch_size)
@@ -66,7 +132,7 @@ class CLIPScorer:
         """L2-normalised text embeddings ``[len(texts), D]``."""
         chunks = []
         for chunk in self._batches(texts, "Encoding texts"):
-            encoded = self.processor.tokenizer(list(chunk), padding=True, truncation=True, return_tensors="pt").to(self.device)
+            encoded = self.processor.tokenizer(list(chunk), padding=self.text_padding, truncation=True, return_tensors="pt").to(self.device)
             features = self.model.get_text_features(**encoded).pooler_output
             chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks)
@@ -75,9 +141,14 @@ class CLIPScorer:
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.detach().float().exp()
 
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.detach().float()
+
     def score_embeddings(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Scores of already encoded images against already encoded texts."""
-        return similarity(image_embeds, text_embeds, self.logit_scale)
+        return DualEncoderScores(image_embeds, text_embeds, self.logit_scale, self.logit_bias).matrix(image_embeds, text_embeds)
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """Scores ``[len(images), len(texts)]`` of every image against every text."""

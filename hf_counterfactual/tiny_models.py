@@ -94,6 +94,29 @@ def build_tiny_clip(words: Iterable[str], image_size: int = 32, seed: int = 0, *
     return model, processor
 
 
+def build_tiny_siglip(words: Iterable[str], image_size: int = 32, seed: int = 0, hidden_size: int = 64):
+    """A randomly initialised tiny ``SiglipModel`` and its ``SiglipProcessor``, with SigLIP's own
+    initial scale 10 and bias -10 (``log(10)`` and ``-10``, as ``SiglipModel`` initialises a
+    checkpoint-free model in the original code). Saves and loads with ``from_pretrained``."""
+    import math
+
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+
+    tokenizer = build_word_level_tokenizer(words)
+    common = dict(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=2, num_attention_heads=max(1, hidden_size // 32))
+    text_config = {k: v for k, v in _text_config(tokenizer, **common).items() if k != "projection_dim"}
+    config = SiglipConfig(text_config=text_config, vision_config=dict(common, image_size=image_size, patch_size=8))
+    processor = SiglipProcessor(image_processor=SiglipImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SiglipModel(config)
+        init_vit_position_embeddings(model)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
+    return model, processor
+
+
 def init_vit_position_embeddings(model: torch.nn.Module, std: float | None = None) -> list[str]:
     """Re-draws the position embeddings of every ViT patch embedding in ``model`` as the original
     recipe does (OpenAI CLIP: normal with std ``width ** -0.5``); returns the

@@ -11,12 +11,12 @@ from transformers import Trainer
 
 from .collator import CounterfactualCollator
 from .model_card import build_model_card
-from .scoring import logit_scale_from_outputs
+from .scoring import DualEncoderScores, has_logit_bias
 from .training_args import CounterfactualTrainingArguments
 
 
 class CounterfactualTrainer(Trainer):
-    """Trains a dual encoder (``CLIPModel``) on counterfactual records.
+    """Trains a dual encoder (``CLIPModel``, ``SiglipModel``) on counterfactual records.
 
     Only ``compute_loss``, ``log`` and ``create_model_card`` are overridden: the loop, accelerate,
     DeepSpeed/FSDP, PEFT and checkpointing are ``Trainer``'s. Each step encodes every distinct image and text once (one
@@ -24,7 +24,8 @@ class CounterfactualTrainer(Trainer):
     processes as ``loss/<term>``.
 
     Args:
-        model: a ``CLIPModel`` (or a PEFT-wrapped one).
+        model: a ``CLIPModel`` or ``SiglipModel`` (or a PEFT-wrapped one); scores are
+            ``scale * cosine + bias`` (:class:`~hf_counterfactual.scoring.DualEncoderScores`).
         args: :class:`CounterfactualTrainingArguments`.
         processing_class: the model's processor; used to build the default
             :class:`CounterfactualCollator` when ``data_collator`` is not given.
@@ -42,6 +43,13 @@ class CounterfactualTrainer(Trainer):
         if not isinstance(args, CounterfactualTrainingArguments):
             raise TypeError(f"args must be CounterfactualTrainingArguments, got {type(args).__name__}")
         self.objective = args.build_objective()
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise TypeError(
+                f"CounterfactualTrainer trains dual encoders (CLIPModel, SiglipModel); {type(model).__name__} has no "
+                "get_image_features / get_text_features"
+            )
+        self.objective.check(dense=True, model_name=type(model).__name__)
+        self._with_bias = has_logit_bias(model)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class= (the model's processor) or a data_collator")
@@ -65,10 +73,11 @@ class CounterfactualTrainer(Trainer):
         outputs = model(
             pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         )
-        logit_scale = logit_scale_from_outputs(outputs)
-        terms = self.objective(outputs.image_embeds, outputs.text_embeds, logit_scale, inputs)
+        # Scale and bias as the forward applied them (readable under ZeRO-3, where the parameters are not).
+        scores = DualEncoderScores.from_outputs(outputs, with_bias=self._with_bias)
+        terms = self.objective(scores, inputs)
         loss = self.objective.total(terms)
-        self._record(terms, logit_scale)
+        self._record(terms, scores.scale)
         return (loss, outputs) if return_outputs else loss
 
     def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor) -> None:

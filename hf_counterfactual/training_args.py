@@ -31,6 +31,9 @@ class CounterfactualTrainingArguments(TrainingArguments):
     )
     csd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_csd (beta)."})
     fcd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_fcd (gamma)."})
+    local_weight: float | None = field(
+        default=None, metadata={"help": "Weight of record-local InfoNCE (the factual pair against its own record's counterfactuals)."}
+    )
     csd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m1, in score units (logit_scale * cosine)."})
     fcd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m2, in score units (logit_scale * cosine)."})
     num_counterfactuals: int = field(default=4, metadata={"help": "K: counterfactuals used per record."})
@@ -53,7 +56,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight"):
+        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_counterfactuals < 0:
@@ -76,6 +79,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
             "grouping": self.grouping_weight,
             "csd": self.csd_weight,
             "fcd": self.fcd_weight,
+            "local": self.local_weight,
         }
         return CounterfactualObjective.from_preset(
             self.objective,

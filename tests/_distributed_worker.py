@@ -30,7 +30,7 @@ from hf_counterfactual.collator import CounterfactualCollator
 from hf_counterfactual.distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
 from hf_counterfactual.objectives import TERMS, CounterfactualObjective
 from hf_counterfactual.scenes import SCENE_VOCABULARY, generate_record
-from hf_counterfactual.scoring import logit_scale_from_outputs
+from hf_counterfactual.scoring import DualEncoderScores
 from hf_counterfactual.tiny_models import build_tiny_clip
 
 PER_RANK = 4  # records per rank
@@ -43,8 +43,8 @@ def loss_and_grads(model, objective, batch):
     outputs = model(
         pixel_values=batch["pixel_values"].double(), input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     )
-    logit_scale = logit_scale_from_outputs(outputs)  # what CounterfactualTrainer.compute_loss uses
-    loss = objective.total(objective(outputs.image_embeds, outputs.text_embeds, logit_scale, batch))
+    scores = DualEncoderScores.from_outputs(outputs)  # what CounterfactualTrainer.compute_loss uses
+    loss = objective.total(objective(scores, batch))
     loss.backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone() for n, p in model.named_parameters()}
     return loss.detach(), grads

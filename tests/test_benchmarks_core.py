@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dummy_components import get_dummy_components
-from hf_counterfactual import CLIPScorer, evaluate_benchmark
+from hf_counterfactual import DualEncoderScorer, evaluate_benchmark
 from hf_counterfactual.benchmarks import (
     MatchingBenchmark,
     MatchingExample,
@@ -27,7 +27,7 @@ def scenes(tmp_path_factory):
 def test_records_and_winoground_views_give_the_same_scores(scenes):
     records, rows = scenes
     model, processor, _ = get_dummy_components()
-    scorer = CLIPScorer(model, processor, show_progress=False)
+    scorer = DualEncoderScorer(model, processor, show_progress=False)
     from_records = evaluate_benchmark(scorer, counterfactual_records_benchmark(records))
     from_rows = evaluate_benchmark(scorer, winoground_benchmark(rows))
     assert from_records["all"]["count"] == from_rows["all"]["count"] == 6 * 4
@@ -39,7 +39,7 @@ def test_grids_match_a_direct_forward(scenes):
     records, _ = scenes
     model, processor, _ = get_dummy_components()
     benchmark = counterfactual_records_benchmark(records)
-    grids = score_benchmark(CLIPScorer(model, processor, show_progress=False), benchmark)
+    grids = score_benchmark(DualEncoderScorer(model, processor, show_progress=False), benchmark)
     example = benchmark.examples[5]
     images = [benchmark.load_image(ref) for ref in example.images]
     inputs = processor(images=images, text=list(example.texts), return_tensors="pt", padding=True)
@@ -54,8 +54,8 @@ def test_half_precision_model_scores_like_float32(scenes):
     records, _ = scenes
     model, processor, _ = get_dummy_components()
     benchmark = counterfactual_records_benchmark(records)
-    full = score_benchmark(CLIPScorer(model, processor, show_progress=False), benchmark)
-    half = score_benchmark(CLIPScorer(model.to(torch.bfloat16), processor, show_progress=False), benchmark)
+    full = score_benchmark(DualEncoderScorer(model, processor, show_progress=False), benchmark)
+    half = score_benchmark(DualEncoderScorer(model.to(torch.bfloat16), processor, show_progress=False), benchmark)
     for a, b in zip(full, half):
         np.testing.assert_allclose(b, a, atol=0.1 * np.abs(a).max() + 1e-3)
 
@@ -72,7 +72,7 @@ def test_each_distinct_image_is_loaded_once():
     shared = [MatchingExample(id=str(i), images=(i % 2,), texts=("a", f"b{i}"), truth=((True, False),), subset=f"s{i % 3}") for i in range(6)]
     benchmark = MatchingBenchmark("toy", shared, load)
     model, processor, _ = get_dummy_components()
-    results = evaluate_benchmark(CLIPScorer(model, processor, show_progress=False), benchmark)
+    results = evaluate_benchmark(DualEncoderScorer(model, processor, show_progress=False), benchmark)
     assert sorted(loads) == [0, 1]
     assert set(results) == {"all", "macro", "s0", "s1", "s2"}
     assert np.isnan(results["all"]["image_score"])  # one image per example: no image score

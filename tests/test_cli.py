@@ -189,3 +189,18 @@ def test_help_shows_the_defaults_of_a_real_checkpoint(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--learning_rate LEARNING_RATE" in text and "(default: 5e-05)" in text  # TrainingArguments', not the tiny model's 1e-3
     assert "(default: 0.001)" not in text.split("--learning_rate LEARNING_RATE")[1].split("--")[0]
+
+
+def test_evaluate_scores_a_saved_siglip(tmp_path):
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    model.save_pretrained(tmp_path / "siglip")
+    processor.save_pretrained(tmp_path / "siglip")
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--model_name_or_path", str(tmp_path / "siglip"), "--benchmarks", "procedural", "--num_test_scenes", "4",
+                 "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--output_file", str(out)]) == 0  # fmt: skip
+    results = json.loads(out.read_text())["procedural"]
+    assert results["all"]["count"] > 4 and 0 <= results["all"]["group_score"] <= 1
+    assert (tmp_path / "group_score_procedural.png").exists()

@@ -11,6 +11,7 @@ import torch
 
 from dummy_components import get_dummy_components
 from hf_counterfactual import CounterfactualCollator, CounterfactualObjective, normalize_caption
+from hf_counterfactual.scoring import DualEncoderScores
 from test_objectives import embed_records, encode_batch, symmetric_infonce
 
 CONTRASTIVE = ("align", "negclip", "grouping")
@@ -73,7 +74,7 @@ def check_against_reference(components, records, must_change=CONTRASTIVE):
     model, processor, _ = components
     batch = CounterfactualCollator(processor, num_counterfactuals=4)(records)
     out, scale = encode_batch(model, batch), model.logit_scale.exp().item()
-    terms = CounterfactualObjective(weights=dict.fromkeys(CONTRASTIVE, 1.0))(out.image_embeds, out.text_embeds, torch.tensor(scale), batch)
+    terms = CounterfactualObjective(weights=dict.fromkeys(CONTRASTIVE, 1.0))(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), batch)
     ref = embed_for_reference(model, processor, records)
     expected, unmasked = reference(records, ref, scale), reference(records, ref, scale, masked=False)
     for name in CONTRASTIVE:
@@ -117,9 +118,9 @@ def test_a_batch_without_content_keys_is_not_masked(components):
     out, scale = encode_batch(model, batch), model.logit_scale.exp().item()
     objective = CounterfactualObjective(weights=dict.fromkeys(CONTRASTIVE, 1.0))
     keyless = {name: value for name, value in batch.items() if name not in ("text_key", "image_key")}
-    terms = objective(out.image_embeds, out.text_embeds, torch.tensor(scale), keyless)
+    terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), keyless)
     unmasked = reference(records, embed_for_reference(model, processor, records), scale, masked=False)
     for name in CONTRASTIVE:
         assert terms[name].item() == pytest.approx(unmasked[name], rel=1e-4, abs=1e-6), name
     with pytest.raises(KeyError, match="text_key and image_key, or neither"):
-        objective(out.image_embeds, out.text_embeds, torch.tensor(scale), dict(keyless, text_key=batch["text_key"]))
+        objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), dict(keyless, text_key=batch["text_key"]))

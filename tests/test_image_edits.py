@@ -263,11 +263,11 @@ def test_pixel_change_filter(photo):
 
 def test_image_text_match_filter(photo):
     from hf_counterfactual.scenes import SCENE_VOCABULARY
-    from hf_counterfactual.scoring import CLIPScorer
+    from hf_counterfactual.scoring import DualEncoderScorer
     from hf_counterfactual.tiny_models import build_tiny_clip
 
     model, processor = build_tiny_clip(SCENE_VOCABULARY)
-    scorer = CLIPScorer(model, processor, batch_size=2, show_progress=False)
+    scorer = DualEncoderScorer(model, processor, batch_size=2, show_progress=False)
     words = sorted(SCENE_VOCABULARY)
     images = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), Image.new("RGB", photo.size, "red")]
     texts = [f"a {words[0]}", f"a {words[1]} {words[2]}", f"{words[3]}"]

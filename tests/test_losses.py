@@ -617,3 +617,32 @@ def test_cfvlm_weights():
     assert (w.alpha, w.beta, w.gamma) == (1.0, 0.45, 0.55)
     out = w.combine(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(1.0))
     assert_close(out, torch.tensor(3.0))
+
+
+def test_record_local_contrastive_loss_by_hand():
+    import math
+
+    from hf_counterfactual.losses import record_local_contrastive_loss
+
+    factual = torch.tensor([2.0, 1.0, 0.5], requires_grad=True)
+    text = torch.tensor([[1.0, 0.0], [float("nan"), 3.0], [0.0, 0.0]])  # the NaN is masked out
+    image = torch.tensor([[0.5, 9.0], [1.0, 1.0], [2.0, 2.0]])
+    text_mask = torch.tensor([[True, True], [False, True], [False, False]])  # record 2: no caption negative
+    image_mask = torch.tensor([[True, False], [True, True], [False, False]])  # record 2: no edited image
+    value = record_local_contrastive_loss(factual, text, image, text_mask=text_mask, image_mask=image_mask)
+
+    def nce(positive, negatives):
+        return -positive + math.log(math.exp(positive) + sum(math.exp(n) for n in negatives))
+
+    text_side = (nce(2.0, [1.0, 0.0]) + nce(1.0, [3.0])) / 2  # record 2 has no text negative: left out
+    image_side = (nce(2.0, [0.5]) + nce(1.0, [1.0, 1.0])) / 2
+    assert value.item() == pytest.approx((text_side + image_side) / 2, rel=1e-6)
+    value.backward()
+    assert torch.isfinite(factual.grad).all() and factual.grad[2] == 0  # nothing to contrast with record 2
+
+    # No image negatives anywhere: the text side alone (not halved); nothing at all: a connected zero.
+    none = torch.zeros_like(image_mask)
+    alone = record_local_contrastive_loss(factual, text, image, text_mask=text_mask, image_mask=none)
+    assert alone.item() == pytest.approx(text_side, rel=1e-6)
+    zero = record_local_contrastive_loss(factual, text, image, text_mask=none, image_mask=none)
+    assert zero.item() == 0 and zero.requires_grad

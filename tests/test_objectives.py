@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from dummy_components import get_dummy_components
 from hf_counterfactual import CounterfactualCollator, CounterfactualObjective, OBJECTIVE_PRESETS
-from hf_counterfactual.scoring import logit_scale_from_outputs
+from hf_counterfactual.scoring import DualEncoderScores, scale_and_bias_from_outputs
 
 MARGIN_CSD, MARGIN_FCD = 0.3, 0.1
 
@@ -88,7 +88,11 @@ def reference_terms(ref, scale):
         max(0.0, MARGIN_FCD - scale * cos(images[b], texts[b]) + max(scale * cos(im, texts[b]) for im in ref["cf_image"][b]))
         for b in range(len(images))
     ]
+    # Record-local InfoNCE: the factual pair against its own counterfactual captions / images
+    local_text = [nll([scale * cos(images[b], texts[b])] + [scale * cos(images[b], t) for t in ref["cf_text"][b]], 0) for b in range(len(images))]
+    local_image = [nll([scale * cos(images[b], texts[b])] + [scale * cos(im, texts[b]) for im in ref["cf_image"][b]], 0) for b in range(len(images))]
     return {
+        "local": (sum(local_text) / len(local_text) + sum(local_image) / len(local_image)) / 2,
         "align": symmetric_infonce(images, texts, scale),
         "negclip": symmetric_infonce(images, texts, scale, extra_negatives=cf_texts),
         "grouping": symmetric_infonce(images + cf_images, texts + cf_texts, scale),
@@ -100,11 +104,11 @@ def reference_terms(ref, scale):
 def test_every_term_matches_the_naive_reference(setup):
     out, batch, ref, scale = setup
     objective = CounterfactualObjective(
-        weights={name: 1.0 for name in ("align", "negclip", "grouping", "csd", "fcd")},
+        weights={name: 1.0 for name in ("align", "negclip", "grouping", "csd", "fcd", "local")},
         csd_margin=MARGIN_CSD,
         fcd_margin=MARGIN_FCD,
     )
-    terms = objective(out.image_embeds, out.text_embeds, torch.tensor(scale), batch)
+    terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), batch)
     expected = reference_terms(ref, scale)
     assert set(terms) == set(expected)
     for name, value in expected.items():
@@ -123,7 +127,7 @@ def test_weight_zero_switches_a_term_off(setup):
     objective = CounterfactualObjective.from_preset("cf-vlm", {"fcd": 0.0, "csd": None})
     assert objective.weights == {"align": 1.0, "csd": 0.45}
     assert objective.uses_counterfactual_images  # csd needs the edited images
-    terms = objective(out.image_embeds, out.text_embeds, torch.tensor(scale), batch)
+    terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), batch)
     assert set(terms) == {"align", "csd"}
 
 
@@ -149,28 +153,96 @@ def test_masked_counterfactuals_do_not_count(setup):
     objective = CounterfactualObjective(weights={"csd": 1.0, "fcd": 1.0}, csd_margin=MARGIN_CSD, fcd_margin=MARGIN_FCD)
     masked = dict(batch, cf_image_index=batch["cf_image_index"].clone(), cf_text_index=batch["cf_text_index"].clone())
     masked["cf_image_index"][1:] = -1  # only record 0 keeps its edited images
-    terms = objective(out.image_embeds, out.text_embeds, torch.tensor(scale), masked)
+    terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), masked)
     only_first = {key: value[:1] for key, value in ref.items()}
     expected = reference_terms(only_first, scale)
     assert terms["csd"].item() == pytest.approx(expected["csd"], rel=1e-4, abs=1e-6)
     assert terms["fcd"].item() == pytest.approx(expected["fcd"], rel=1e-4, abs=1e-6)
 
 
-def test_logit_scale_from_outputs_is_the_models_and_keeps_its_gradient():
+def test_scale_read_off_a_clip_forward_is_the_models_and_keeps_its_gradient():
     model, processor, records = get_dummy_components(num_records=3)
     batch = CounterfactualCollator(processor)(records)
     out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    recovered = logit_scale_from_outputs(out)
-    assert recovered.item() == pytest.approx(model.logit_scale.exp().item(), rel=1e-5)
+    recovered, bias = scale_and_bias_from_outputs(out)
+    assert bias is None and recovered.item() == pytest.approx(model.logit_scale.exp().item(), rel=1e-5)
     (grad,) = torch.autograd.grad(recovered, model.logit_scale)
     assert grad.item() == pytest.approx(model.logit_scale.exp().item(), rel=1e-4)  # d exp(s)/ds = exp(s)
+
+
+def test_siglip_scale_and_bias_are_read_right_and_scores_are_siglips_own_logits():
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.scoring import has_logit_bias
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    texts = processor.tokenizer(["a red circle", "a blue square", "a small green triangle"], padding="max_length", return_tensors="pt")
+    out = model(pixel_values=torch.randn(2, 3, 32, 32), input_ids=texts["input_ids"], attention_mask=texts["attention_mask"])
+    assert has_logit_bias(model) and not has_logit_bias(get_dummy_components(num_records=1)[0])
+    cos = out.text_embeds @ out.image_embeds.T
+    through_origin = ((out.logits_per_text * cos).sum() / cos.square().sum()).item()
+    assert abs(through_origin - 10) > 5  # the old reading (38.5 measured on another draw): wrong
+    scale, bias = scale_and_bias_from_outputs(out, with_bias=True)
+    assert (scale.item(), bias.item()) == (pytest.approx(10.0, rel=1e-4), pytest.approx(-10.0, rel=1e-4))
+    grad_scale, grad_bias = torch.autograd.grad(scale + bias, (model.logit_scale, model.logit_bias))
+    assert grad_scale.item() == pytest.approx(10.0, rel=1e-3) and grad_bias.item() == pytest.approx(1.0, rel=1e-3)
+    scores = DualEncoderScores.from_outputs(out, with_bias=True)
+    torch.testing.assert_close(scores.matrix(out.image_embeds, out.text_embeds), out.logits_per_image, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scores.pairs(torch.tensor([0, 1]), torch.tensor([2, 0])), out.logits_per_image[[0, 1], [2, 0]], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="cannot separate the scale from the bias"):
+        one = model(pixel_values=torch.randn(1, 3, 32, 32), input_ids=texts["input_ids"][:1], attention_mask=texts["attention_mask"][:1])
+        scale_and_bias_from_outputs(one, with_bias=True)
+
+
+def test_evaluation_scorer_gives_siglips_logits():
+    from PIL import Image
+
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.scoring import DualEncoderScorer
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    images = [Image.new("RGB", (40, 30), colour) for colour in ("red", "blue")]
+    captions = ["a red circle", "a blue square", "a small green triangle"]
+    scores = DualEncoderScorer(model, processor, show_progress=False).score(images, captions)
+    with torch.no_grad():
+        expected = model(**processor(text=captions, images=images, padding="max_length", return_tensors="pt")).logits_per_image
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dense_term_on_a_pairs_only_model_is_a_start_up_error():
+    objective = CounterfactualObjective(weights={"grouping": 1.0, "csd": 0.5})
+    with pytest.raises(ValueError, match=r"loss term\(s\) \['grouping'\] need all-pairs scores.*LlavaForConditionalGeneration.*\['csd', 'fcd', 'local'\]"):
+        objective.check(dense=False, model_name="LlavaForConditionalGeneration")
+    CounterfactualObjective(weights={"csd": 1.0, "local": 1.0}).check(dense=False, model_name="LlavaForConditionalGeneration")
+
+
+def test_record_local_terms_need_only_pairs():
+    """A pairs-only scorer (what a generative VLM gives) serves csd, fcd and local, with the same values."""
+    model, processor, records = get_dummy_components(num_records=4)
+    batch = CounterfactualCollator(processor, num_counterfactuals=4)(records)
+    out = encode_batch(model, batch)
+    dense = DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(5.0))
+
+    class PairsOnly:
+        dense = False
+        asked = 0
+
+        def pairs(self, image_index, text_index):
+            self.asked += image_index.numel()
+            return dense.pairs(image_index, text_index)
+
+    objective = CounterfactualObjective(weights={"csd": 1.0, "fcd": 1.0, "local": 1.0})
+    scorer = PairsOnly()
+    assert objective(scorer, batch) == objective(dense, batch)
+    assert 0 < scorer.asked <= 4 * (1 + 3 * 4)  # per record: its pair and three kinds of counterfactual pairs
 
 
 def test_grouping_with_a_text_only_counterfactual_matches_the_naive_reference(setup):
     out, batch, ref, scale = setup
     masked = dict(batch, cf_image_index=batch["cf_image_index"].clone())
     masked["cf_image_index"][0, 1] = -1  # record 0's second counterfactual: caption only
-    terms = CounterfactualObjective(weights={"grouping": 1.0})(out.image_embeds, out.text_embeds, torch.tensor(scale), masked)
+    terms = CounterfactualObjective(weights={"grouping": 1.0})(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), masked)
     pairs = [(b, k) for b in range(len(ref["image"])) for k in range(4) if (b, k) != (0, 1)]
     images = ref["image"] + [ref["cf_image"][b][k] for b, k in pairs]
     texts = ref["text"] + [ref["cf_text"][b][k] for b, k in pairs]

@@ -6,7 +6,7 @@ from transformers import AutoProcessor, CLIPModel
 
 from dummy_components import get_dummy_components, records_dataset
 from hf_counterfactual import CounterfactualCollator, CounterfactualObjective, CounterfactualTrainer, CounterfactualTrainingArguments
-from hf_counterfactual.scoring import logit_scale_from_outputs
+from hf_counterfactual.scoring import DualEncoderScores
 
 
 def make_args(tmp_path, **kwargs):
@@ -47,7 +47,7 @@ def test_gradient_accumulation_averages_microbatch_losses(tmp_path):
     for part in (records[:4], records[4:]):
         batch = collator(part)
         out = reference(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        losses.append(objective.total(objective(out.image_embeds, out.text_embeds, logit_scale_from_outputs(out), batch)))
+        losses.append(objective.total(objective(DualEncoderScores.from_outputs(out), batch)))
     (sum(losses) / 2).backward()
     for (name, p), p_ref in zip(model.named_parameters(), reference.parameters()):
         expected = p_ref.detach() - 0.5 * (p_ref.grad if p_ref.grad is not None else 0)
@@ -140,3 +140,24 @@ def test_bad_arguments_are_errors(tmp_path, kwargs, message):
 def test_clip_objective_needs_no_counterfactuals(tmp_path):
     args = make_args(tmp_path, objective="clip", num_counterfactuals=0)
     assert args.build_objective() == CounterfactualObjective.from_preset("clip")
+
+
+def test_siglip_trains_on_the_same_seam_with_its_scale_and_bias(tmp_path):
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    _, _, records = get_dummy_components(num_records=8)
+    bias_before = model.logit_bias.item()
+    args = make_args(tmp_path, objective="cf-vlm", local_weight=1.0)
+    trainer = CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss/local" in entry]
+    assert len(logged) == 2 and all(set(entry) >= {"loss/align", "loss/csd", "loss/fcd", "loss/local"} for entry in logged)
+    assert logged[0]["logit_scale"] == pytest.approx(10.0, rel=1e-3)  # SigLIP's 10, not the through-origin 38.5
+    assert model.logit_bias.item() != bias_before  # the bias is trained through the scores
+
+
+def test_a_model_without_dual_encoder_features_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="trains dual encoders .* Linear has no get_image_features"):
+        CounterfactualTrainer(model=torch.nn.Linear(2, 2), args=make_args(tmp_path), processing_class=object())

@@ -85,7 +85,7 @@ def score_benchmark(scorer, benchmark: MatchingBenchmark) -> list[np.ndarray]:
     """The score grid ``[images, texts]`` of every example.
 
     ``scorer`` is either an embedding scorer (``encode_images``, ``encode_texts``,
-    ``score_embeddings``, e.g. :class:`~hf_counterfactual.scoring.CLIPScorer`): each distinct image
+    ``score_embeddings``, e.g. :class:`~hf_counterfactual.scoring.DualEncoderScorer`): each distinct image
     and text is encoded once; or any callable ``scorer(images, texts) -> [len(images), len(texts)]``
     (a generative model's log-likelihoods, your own function), called once per example.
     """

@@ -253,12 +253,12 @@ def _score(model_name: str, args: EvaluationArguments, benchmarks: Mapping[str, 
     import torch
     from transformers import AutoModel, AutoProcessor
 
-    from ..scoring import CLIPScorer
+    from ..scoring import DualEncoderScorer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(model_name).to(device)
     processor = AutoProcessor.from_pretrained(model_name)
-    scorer = CLIPScorer(model, processor, batch_size=args.batch_size, device=device, show_progress=not args.no_progress)
+    scorer = DualEncoderScorer(model, processor, batch_size=args.batch_size, device=device, show_progress=not args.no_progress)
     return {name: evaluate_benchmark(scorer, benchmark) for name, benchmark in benchmarks.items()}
 
 

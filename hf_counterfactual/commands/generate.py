@@ -183,7 +183,7 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
             else:
                 grounder = GroundedSegmenter.from_pretrained(args.detector_model, args.segmenter_model, device=device, box_threshold=args.box_threshold)
     if args.clip_filter_model:
-        from hf_counterfactual.scoring import CLIPScorer
+        from hf_counterfactual.scoring import DualEncoderScorer
 
         if args.clip_filter_model == TINY:
             from hf_counterfactual.scenes import SCENE_VOCABULARY
@@ -195,7 +195,7 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
 
             clip = AutoModel.from_pretrained(args.clip_filter_model, dtype=dtype)
             processor = AutoProcessor.from_pretrained(args.clip_filter_model)
-        scorer = CLIPScorer(clip.to(device).eval(), processor, batch_size=args.inpainting_batch_size, show_progress=False)
+        scorer = DualEncoderScorer(clip.to(device).eval(), processor, batch_size=args.inpainting_batch_size, show_progress=False)
         match_filter = ImageTextMatchFilter(scorer, threshold=args.clip_threshold, margin=args.clip_margin)
 
     return CounterfactualGenerator(

@@ -45,7 +45,7 @@ from ..benchmarks import MatchingBenchmark, counterfactual_records_benchmark, ev
 from ..distributed import full_parameters
 from ..features import defer_image_decoding
 from ..objectives import TERMS
-from ..scoring import CLIPScorer
+from ..scoring import DualEncoderScorer
 from ..trainer import CounterfactualTrainer
 from ..training_args import CounterfactualTrainingArguments
 from .arguments import UsageError, parse_arguments
@@ -188,7 +188,7 @@ def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | No
     """Text / image / group scores of ``model`` where ``benchmark`` is given (the main process). Every
     process calls it: under DeepSpeed ZeRO-3 all of them must gather the partitioned parameters."""
     with full_parameters(model):
-        return None if benchmark is None else evaluate_benchmark(CLIPScorer(model, processor), benchmark)
+        return None if benchmark is None else evaluate_benchmark(DualEncoderScorer(model, processor), benchmark)
 
 
 def shipped_deepspeed_config(value: str) -> str:

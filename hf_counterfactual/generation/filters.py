@@ -80,7 +80,7 @@ class ImageTextMatchFilter:
     caption by at least ``margin``. Score: the cosine with the edited caption.
 
     Args:
-        scorer: a :class:`hf_counterfactual.scoring.CLIPScorer` (its ``encode_images`` /
+        scorer: a :class:`hf_counterfactual.scoring.DualEncoderScorer` (its ``encode_images`` /
             ``encode_texts`` give L2-normalised embeddings; the cosine is used, not the
             ``logit_scale``-scaled score, so thresholds do not depend on the temperature).
     """
