@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput of ``evaluate_benchmark(CLIPScorer(...), procedural benchmark)`` as a fraction of the raw model forward.
+"""Throughput of ``evaluate_benchmark(DualEncoderScorer(...), procedural benchmark)`` as a fraction of the raw model forward.
 
 Measures, in one run, on the held-out procedural scenes (each distinct image and text once):
 
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from hf_counterfactual import CLIPScorer, evaluate_benchmark
+from hf_counterfactual import DualEncoderScorer, evaluate_benchmark
 from hf_counterfactual.benchmarks import LazyImages, counterfactual_records_benchmark
 from hf_counterfactual.builders import load_procedural_scenes
 from hf_counterfactual.scenes import SCENE_VOCABULARY
@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         test = load_procedural_scenes(num_train=0, num_test=args.num_test_scenes, cache_dir=cache_dir)["test"]
         benchmark = counterfactual_records_benchmark(test, name="procedural")
-        scorer = CLIPScorer(model, processor, batch_size=args.batch_size, device=args.device, show_progress=False)
+        scorer = DualEncoderScorer(model, processor, batch_size=args.batch_size, device=args.device, show_progress=False)
         images, texts = benchmark.distinct_images(), benchmark.distinct_texts()
         b = args.batch_size
 

@@ -71,9 +71,11 @@ def test_gathered_objective_matches_one_process(subprocess_env):
     output = run_command(TORCHRUN + ["tests/_distributed_worker.py"], subprocess_env)
     checks = [line for line in output.splitlines() if line.startswith(("ok ", "FAIL "))]
     assert not [line for line in checks if line.startswith("FAIL")], output
-    # 3 collective checks + 3 batches x 6 cases (5 terms and all together) x (loss, gradients)
+    # 3 collective checks + 3 batches x (each term, and all together) x (loss, gradients)
     # + 2 content-key checks (gathered keys, masking changes the loss)
-    assert len(checks) == 3 + 3 * 6 * 2 + 2, output
+    from hf_counterfactual.objectives import TERMS
+
+    assert len(checks) == 3 + 3 * (len(TERMS) + 1) * 2 + 2, output
 
 
 # ----------------------------------------------------------------------------- b. accelerate launch
