@@ -387,3 +387,55 @@ def build_tiny_grounding(words: Iterable[str], seed: int = 0, with_segmenter: bo
         )
         segmenter_processor = SamProcessor(image_processor=sam_image_processor)
     return detector_model, detector_processor, segmenter, segmenter_processor
+
+
+# LLaVA-1.5's conversation format ("USER: <image>\n{question} ASSISTANT: {answer}"), as a chat template.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+# Every word the scorers' prompts use, so that a tiny LLaVA's tokenizer knows them.
+PROMPT_WORDS = (
+    'user assistant : does this figure show " ? please answer yes or no . which of the following captions best '
+    "describes image a b c d e answer with option's letter from given choices directly ' s \"? . write caption for"
+).split()
+
+
+def build_tiny_llava(words: Iterable[str], image_size: int = 32, seed: int = 0, hidden_size: int = 64):
+    """A randomly initialised tiny ``LlavaForConditionalGeneration`` (a CLIP vision tower, a Llama
+    language model) and its ``LlavaProcessor`` with LLaVA-1.5's chat template, over ``words`` and the
+    scorers' prompt words (:data:`PROMPT_WORDS`). Saves and loads with ``from_pretrained``."""
+    from tokenizers import AddedToken
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_word_level_tokenizer([*words, *PROMPT_WORDS], model_max_length=512)
+    # Like Llama's tokenizer: <bos> first and no <eos>, so a prompt can be continued by its answer.
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tokenizer.bos_token_id)])
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<image>", normalized=False, special=True)]})
+    patch_size = 8
+    vision = CLIPVisionConfig(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=patch_size, projection_dim=hidden_size,
+    )  # fmt: skip
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+    )  # fmt: skip
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE, num_additional_image_tokens=1,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+        init_vit_position_embeddings(model)
+    return model, processor

@@ -204,3 +204,24 @@ def test_evaluate_scores_a_saved_siglip(tmp_path):
     results = json.loads(out.read_text())["procedural"]
     assert results["all"]["count"] > 4 and 0 <= results["all"]["group_score"] <= 1
     assert (tmp_path / "group_score_procedural.png").exists()
+
+
+@pytest.mark.parametrize("score", ["vqascore", "choice"])
+def test_evaluate_scores_a_saved_llava(tmp_path, score):
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_llava
+
+    model, processor = build_tiny_llava(SCENE_VOCABULARY)
+    model.save_pretrained(tmp_path / "llava")
+    processor.save_pretrained(tmp_path / "llava")
+    out = tmp_path / "results.json"
+    assert main(["evaluate", "--model_name_or_path", str(tmp_path / "llava"), "--score", score, "--benchmarks", "procedural",
+                 "--num_test_scenes", "3", "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--output_file", str(out)]) == 0  # fmt: skip
+    results = json.loads(out.read_text())["procedural"]
+    assert results["all"]["count"] >= 3 and 0 <= results["all"]["group_score"] <= 1
+
+
+def test_score_flag_on_a_dual_encoder_is_an_error(tmp_path, capsys):
+    assert main(["evaluate", "--model_name_or_path", save_tiny_clip(tmp_path / "clip"), "--score", "vqascore", "--num_test_scenes", "2",
+                 "--cache_dir", str(tmp_path / "cache")]) == 2  # fmt: skip
+    assert "--score vqascore" in capsys.readouterr().err

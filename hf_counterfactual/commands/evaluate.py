@@ -1,6 +1,7 @@
-"""``hf-cf``: the command line of hf-counterfactual.
+"""``hf-cf evaluate``: compositional benchmarks of a saved model.
 
-``hf-cf evaluate`` scores a saved dual encoder (any ``AutoModel`` with ``get_image_features`` /
+``hf-cf evaluate`` scores a saved generative VLM (LLaVA: ``--score vqascore|yes_logprob|loglik|loglik_mean|choice``)
+or dual encoder (any ``AutoModel`` with ``get_image_features`` /
 ``get_text_features``, e.g. CLIP) on compositional benchmarks, prints one table per benchmark,
 writes every result to JSON and optionally records them in the model card's ``model-index``::
 
@@ -59,7 +60,14 @@ class EvaluationArguments:
     add_to_model_card: bool = field(
         default=False, metadata={"help": "Add / update the model-index of the model's card (local README.md, or the Hub repo's)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Images or texts per forward."})
+    score: str | None = field(
+        default=None,
+        metadata={
+            "help": "Generative VLMs (LLaVA): vqascore (default), yes_logprob, loglik, loglik_mean or choice (see "
+            "hf_counterfactual.vlm_scoring). Dual encoders always score scale * cosine + bias."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images or texts (sequences, for a VLM) per forward."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda when available, else cpu."})
     no_progress: bool = field(default=False, metadata={"help": "Hide the scorer's progress bars."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory."})
@@ -224,6 +232,13 @@ def check_arguments(args: EvaluationArguments) -> list[str]:
                 raise UsageError(f"benchmark {name!r}: --{flag} {value} does not exist")
     check_pretrained(args.model_name_or_path, "--model_name_or_path", tiny=False)
     check_pretrained(args.baseline_model_name_or_path, "--baseline_model_name_or_path", tiny=False)
+    from ..vlm_scoring import SCORES
+
+    if args.score is not None and args.score not in SCORES:
+        raise UsageError(f"--score {args.score}: choose from {', '.join(SCORES)}")
+    if args.score is not None and not is_generative(args.model_name_or_path):
+        name = args.model_name_or_path
+        raise UsageError(f"--score {args.score}: {name} is a dual encoder, which scores scale * cosine + bias; --score is for generative VLMs")
     return list(dict.fromkeys(names))
 
 
@@ -249,16 +264,35 @@ def _json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _score(model_name: str, args: EvaluationArguments, benchmarks: Mapping[str, MatchingBenchmark]) -> dict[str, dict]:
-    import torch
-    from transformers import AutoModel, AutoProcessor
+def is_generative(model_name: str) -> bool:
+    """Whether ``model_name`` is a generative VLM (image-text-to-text, e.g. LLaVA) rather than a dual encoder."""
+    from transformers import AutoConfig
 
-    from ..scoring import DualEncoderScorer
+    config = AutoConfig.from_pretrained(model_name)
+    return any(name.endswith("ForConditionalGeneration") for name in config.architectures or []) or config.model_type in ("llava", "llava_next")
+
+
+def load_scorer(model_name: str, args: EvaluationArguments):
+    """The scorer of ``model_name``: :class:`~hf_counterfactual.vlm_scoring.VLMScorer` for a generative
+    VLM, :class:`~hf_counterfactual.scoring.DualEncoderScorer` for a dual encoder."""
+    import torch
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModel.from_pretrained(model_name).to(device)
     processor = AutoProcessor.from_pretrained(model_name)
-    scorer = DualEncoderScorer(model, processor, batch_size=args.batch_size, device=device, show_progress=not args.no_progress)
+    if is_generative(model_name):
+        from ..vlm_scoring import VLMScorer
+
+        model = AutoModelForImageTextToText.from_pretrained(model_name).to(device)
+        return VLMScorer(model, processor, score=args.score or "vqascore", batch_size=args.batch_size, show_progress=not args.no_progress)
+    from ..scoring import DualEncoderScorer
+
+    model = AutoModel.from_pretrained(model_name).to(device)
+    return DualEncoderScorer(model, processor, batch_size=args.batch_size, device=device, show_progress=not args.no_progress)
+
+
+def _score(model_name: str, args: EvaluationArguments, benchmarks: Mapping[str, MatchingBenchmark]) -> dict[str, dict]:
+    scorer = load_scorer(model_name, args)
     return {name: evaluate_benchmark(scorer, benchmark) for name, benchmark in benchmarks.items()}
 
 
