@@ -56,21 +56,27 @@ class VLMScorer:
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
+        self._prompts: dict[str, list[int]] = {}
+        self._answers: dict[str, list[int]] = {}
         self.image_token_id = model.config.image_token_index if hasattr(model.config, "image_token_index") else model.config.image_token_id
 
     # ---------------------------------------------------------------------------------- prompts
 
     def prompt(self, question: str) -> list[int]:
         """Token ids of the user turn (one image, then ``question``) and the assistant's opening."""
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text)["input_ids"]
+        if question not in self._prompts:  # rendering the chat template costs more than a tiny forward
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            text = self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+            self._prompts[question] = self.tokenizer(text)["input_ids"]
+        return self._prompts[question]
 
     def answer(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"the answer {text!r} tokenizes to nothing")
-        return ids
+        if text not in self._answers:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"the answer {text!r} tokenizes to nothing")
+            self._answers[text] = ids
+        return self._answers[text]
 
     # ---------------------------------------------------------------------------------- forward
 
@@ -137,42 +143,56 @@ class VLMScorer:
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """Scores ``[len(images), len(texts)]`` (see the module docstring for each definition)."""
-        features = self.image_features(images)
-        if self.method == "choice":
-            return torch.stack([self._choice_row(features, i, texts) for i in range(len(images))])
-        pairs = [(i, j) for i in range(len(images)) for j in range(len(texts))]
-        if self.method in ("vqascore", "yes_logprob"):
-            prompts = {j: self.prompt(VQA_QUESTION.format(caption=text)) for j, text in enumerate(texts)}
-            answers = {j: self.answer(VQA_ANSWER) for j in range(len(texts))}
-        else:
-            question = self.prompt(CAPTION_QUESTION)
-            prompts = {j: question for j in range(len(texts))}
-            answers = {j: self.answer(text) for j, text in enumerate(texts)}
-        logprobs = self.next_token_logprobs(features, [i for i, _ in pairs], [prompts[j] for _, j in pairs], [answers[j] for _, j in pairs])
-        scores = []
-        for (_, j), rows in zip(pairs, logprobs):
-            answer = torch.tensor(answers[j])
-            token_logprobs = rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1)
-            scores.append(_reduce(self.method, token_logprobs))
-        return torch.stack(scores).view(len(images), len(texts))
+        return self.score_groups([(images, texts)])[0]
 
-    def _choice_row(self, features, image: int, texts: Sequence[str]) -> torch.Tensor:
-        n = len(texts)
-        if n > len(LETTERS):
-            raise ValueError(f"multiple choice takes at most {len(LETTERS)} captions, got {n}")
-        letters = [self.answer(letter)[0] for letter in LETTERS[:n]]
-        orders = [[(start + k) % n for k in range(n)] for start in range(n)]  # each caption at each letter once
-        prompts = []
-        for order in orders:
-            options = "\n".join(f"{LETTERS[k]}. {texts[j]}" for k, j in enumerate(order))
-            prompts.append(self.prompt(CHOICE_QUESTION.format(options=options)))
-        logprobs = self.next_token_logprobs(features, [image] * n, prompts, [[]] * n)
-        scores = torch.zeros(n)
-        for order, rows in zip(orders, logprobs):
-            probs = rows[0].exp()
-            for k, j in enumerate(order):
-                scores[j] += probs[letters[k]] / n
-        return scores
+    def score_groups(self, groups: Sequence[tuple[Sequence[Image.Image], Sequence[str]]]) -> list[torch.Tensor]:
+        """The score grid of each ``(images, texts)`` group, all groups' sequences batched together
+        (what :func:`~hf_counterfactual.benchmarks.score_benchmark` calls with many small examples)."""
+        features = self.image_features([image for images, _ in groups for image in images])
+        requests = []  # (group, row, column or order, image feature index, prompt, answer)
+        offset = 0
+        for g, (images, texts) in enumerate(groups):
+            for i in range(len(images)):
+                for column, prompt, answer in self._requests(texts):
+                    requests.append((g, i, column, offset + i, prompt, answer))
+            offset += len(images)
+        logprobs = self.next_token_logprobs(features, [r[3] for r in requests], [r[4] for r in requests], [r[5] for r in requests])
+        grids = [torch.zeros(len(images), len(texts)) for images, texts in groups]
+        for (g, i, column, _, _, answer), rows in zip(requests, logprobs):
+            texts = groups[g][1]
+            if self.method == "choice":  # column: the order; add each caption's letter probability
+                letters, order = self._letters(len(texts)), _cyclic_orders(len(texts))[column]
+                probs = rows[0].exp()
+                for k, j in enumerate(order):
+                    grids[g][i, j] += probs[letters[k]] / len(texts)
+            else:
+                answer = torch.tensor(answer)
+                grids[g][i, column] = _reduce(self.method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
+        return grids
+
+    def _requests(self, texts: Sequence[str]) -> list[tuple[int, list[int], list[int]]]:
+        """``(column, prompt ids, answer ids)`` to ask of each image for ``texts``."""
+        if self.method == "choice":
+            if len(texts) > len(LETTERS):
+                raise ValueError(f"multiple choice takes at most {len(LETTERS)} captions, got {len(texts)}")
+            out = []
+            for o, order in enumerate(_cyclic_orders(len(texts))):
+                options = "\n".join(f"{LETTERS[k]}. {texts[j]}" for k, j in enumerate(order))
+                out.append((o, self.prompt(CHOICE_QUESTION.format(options=options)), []))
+            return out
+        if self.method in ("vqascore", "yes_logprob"):
+            yes = self.answer(VQA_ANSWER)
+            return [(j, self.prompt(VQA_QUESTION.format(caption=text)), yes) for j, text in enumerate(texts)]
+        question = self.prompt(CAPTION_QUESTION)
+        return [(j, question, self.answer(text)) for j, text in enumerate(texts)]
+
+    def _letters(self, n: int) -> list[int]:
+        return [self.answer(letter)[0] for letter in LETTERS[:n]]
+
+
+def _cyclic_orders(n: int) -> list[list[int]]:
+    """The ``n`` cyclic orders of ``n`` options: each option at each position once."""
+    return [[(start + k) % n for k in range(n)] for start in range(n)]
 
 
 def _reduce(method: str, token_logprobs: torch.Tensor) -> torch.Tensor:

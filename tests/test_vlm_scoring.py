@@ -88,3 +88,20 @@ def test_each_image_goes_through_the_vision_tower_once(llava, images):
 def test_unknown_score_is_an_error(llava):
     with pytest.raises(ValueError, match="score must be one of"):
         VLMScorer(*llava, score="bleu")
+
+
+@pytest.mark.parametrize("score", ["loglik", "choice"])
+def test_groups_batched_together_score_as_each_alone(llava, images, score):
+    from hf_counterfactual.benchmarks import counterfactual_records_benchmark, evaluate_benchmark
+    from hf_counterfactual.builders import load_procedural_scenes
+
+    model, processor = llava
+    scorer = VLMScorer(model, processor, score=score, batch_size=16)
+    groups = [(images, TEXTS[:2]), (images[:1], TEXTS), (images[::-1], TEXTS[1:])]
+    for together, (group_images, group_texts) in zip(scorer.score_groups(groups), groups):
+        torch.testing.assert_close(together, scorer(group_images, group_texts), rtol=1e-4, atol=1e-5)
+    # Through evaluation: the same results as scoring one example at a time with a plain callable.
+    test = load_procedural_scenes(num_train=0, num_test=3, seed=0)["test"]
+    benchmark = counterfactual_records_benchmark(test, name="t")
+    one_at_a_time = evaluate_benchmark(lambda images, texts: scorer(images, texts).numpy(), benchmark)
+    assert evaluate_benchmark(scorer, benchmark) == one_at_a_time

@@ -81,15 +81,27 @@ def _same_shape_groups(examples: Sequence[MatchingExample]) -> Iterator[list[int
     yield from groups.values()
 
 
+GROUPS_PER_CALL = 16  # examples per score_groups call: enough pairs to fill a batch, few images in memory
+
+
 def score_benchmark(scorer, benchmark: MatchingBenchmark) -> list[np.ndarray]:
     """The score grid ``[images, texts]`` of every example.
 
     ``scorer`` is either an embedding scorer (``encode_images``, ``encode_texts``,
     ``score_embeddings``, e.g. :class:`~hf_counterfactual.scoring.DualEncoderScorer`): each distinct image
-    and text is encoded once; or any callable ``scorer(images, texts) -> [len(images), len(texts)]``
-    (a generative model's log-likelihoods, your own function), called once per example.
+    and text is encoded once; a pair scorer with ``score_groups([(images, texts), ...])`` (e.g.
+    :class:`~hf_counterfactual.vlm_scoring.VLMScorer`), called with :data:`GROUPS_PER_CALL` examples
+    at a time so that their pairs share batches; or any callable ``scorer(images, texts) ->
+    [len(images), len(texts)]`` (your own function), called once per example.
     """
     examples = benchmark.examples
+    if hasattr(scorer, "score_groups"):  # a pair scorer that batches many small examples together
+        grids = []
+        for start in range(0, len(examples), GROUPS_PER_CALL):
+            chunk = examples[start : start + GROUPS_PER_CALL]
+            groups = [([benchmark.load_image(ref) for ref in example.images], list(example.texts)) for example in chunk]
+            grids += [np.asarray(grid, dtype=np.float64) for grid in scorer.score_groups(groups)]
+        return grids
     if not hasattr(scorer, "encode_images"):
         if not callable(scorer):
             raise TypeError(f"scorer must have encode_images/encode_texts/score_embeddings or be callable, got {type(scorer).__name__}")
