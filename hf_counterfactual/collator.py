@@ -124,6 +124,7 @@ class CounterfactualCollator:
     - ``cf_text_index`` ``[B, K]``: rows of the ``K`` counterfactual captions, ``-1`` where unused.
     - ``cf_image_index`` ``[B, K]``: rows of the counterfactual images, ``-1`` for text-only negatives
       or when images are not requested.
+    - ``texts``: the ``T`` distinct texts as strings (what a generative VLM's scorer builds prompts from).
     - ``text_key`` ``[T]``, ``image_key`` ``[I]`` int64: content keys of each row (:func:`content_key` of
       the text's token ids, of the image's pixel values), equal for equal content in every process.
       The objective gathers them with the columns to find false negatives across the global batch
@@ -215,6 +216,7 @@ class CounterfactualCollator:
             "cf_image_index": _remap(cf_image_index, new_image_row),
             "text_key": text_key,
             "image_key": image_key,
+            "texts": [texts.items[row] for row in text_rows],
         }
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

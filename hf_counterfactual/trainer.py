@@ -43,12 +43,15 @@ class CounterfactualTrainer(Trainer):
         if not isinstance(args, CounterfactualTrainingArguments):
             raise TypeError(f"args must be CounterfactualTrainingArguments, got {type(args).__name__}")
         self.objective = args.build_objective()
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        # A dual encoder gives all-pairs scores; a generative VLM (LLaVA: image features, no text
+        # features) scores the pairs a record-local term asks for.
+        if not hasattr(model, "get_image_features"):
             raise TypeError(
-                f"CounterfactualTrainer trains dual encoders (CLIPModel, SiglipModel); {type(model).__name__} has no "
-                "get_image_features / get_text_features"
+                f"CounterfactualTrainer trains dual encoders (CLIPModel, SiglipModel) and generative VLMs "
+                f"(LlavaForConditionalGeneration); {type(model).__name__} has no get_image_features"
             )
-        self.objective.check(dense=True, model_name=type(model).__name__)
+        self.generative = not hasattr(model, "get_text_features")
+        self.objective.check(dense=not self.generative, model_name=_model_name(model))
         self._with_bias = has_logit_bias(model)
         if data_collator is None:
             if processing_class is None:
@@ -70,6 +73,15 @@ class CounterfactualTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.generative:
+            from .vlm_scoring import VLMScorer, VLMScores
+
+            scorer = VLMScorer(model, self.processing_class, score=self.args.vlm_score, batch_size=self.args.vlm_batch_size)
+            scores = VLMScores(scorer, inputs["pixel_values"], inputs["texts"])
+            terms = self.objective(scores, inputs)
+            loss = self.objective.total(terms)
+            self._record(terms)
+            return (loss, None) if return_outputs else loss
         outputs = model(
             pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         )
@@ -80,10 +92,11 @@ class CounterfactualTrainer(Trainer):
         self._record(terms, scores.scale)
         return (loss, outputs) if return_outputs else loss
 
-    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor) -> None:
+    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor | None = None) -> None:
         """Stores the process-averaged terms for ``log``, and stops on a non-finite one."""
         names = list(terms)
-        values = torch.stack([terms[n].detach().float() for n in names] + [logit_scale.detach().float()])
+        scale = logit_scale.detach().float() if logit_scale is not None else torch.tensor(float("nan"), device=terms[names[0]].device)
+        values = torch.stack([terms[n].detach().float() for n in names] + [scale])
         values = self.accelerator.gather(values).view(-1, len(names) + 1).mean(dim=0).tolist()
         bad = [name for name, value in zip(names, values) if not math.isfinite(value)]
         if bad:
@@ -95,7 +108,8 @@ class CounterfactualTrainer(Trainer):
         mode = "train" if self.model.training else "eval"
         for name, value in zip(names, values):
             self._metrics[mode][f"loss/{name}"].append(value)
-        self._metrics[mode]["logit_scale"].append(values[-1])
+        if logit_scale is not None:
+            self._metrics[mode]["logit_scale"].append(values[-1])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -136,6 +150,12 @@ class CounterfactualTrainer(Trainer):
             **({"benchmark": benchmark} if benchmark else {}),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def _model_name(model) -> str:
+    """The class name of the model under any PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__
 
 
 def _text_positions(model) -> int | None:

@@ -37,6 +37,14 @@ class CounterfactualTrainingArguments(TrainingArguments):
     csd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m1, in score units (logit_scale * cosine)."})
     fcd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m2, in score units (logit_scale * cosine)."})
     num_counterfactuals: int = field(default=4, metadata={"help": "K: counterfactuals used per record."})
+    vlm_score: str = field(
+        default="loglik_mean",
+        metadata={
+            "help": "Generative VLMs (LLaVA): the pair score the terms train on, one of vqascore, yes_logprob, loglik, "
+            "loglik_mean (hf_counterfactual.vlm_scoring); margins are in its units."
+        },
+    )
+    vlm_batch_size: int = field(default=16, metadata={"help": "Generative VLMs: sequences per language-model forward."})
     counterfactual_fraction: float = field(
         default=1.0,
         metadata={"help": "Share of records whose counterfactuals enter a batch; the rest give only real pairs (GNM uses 0.5)."},
@@ -67,6 +75,10 @@ class CounterfactualTrainingArguments(TrainingArguments):
             from .integrations.deepspeed import patch_zero_dim_broadcast
 
             patch_zero_dim_broadcast()  # before the model loads: ZeRO-3 partitions at from_pretrained
+        from .vlm_scoring import PAIR_SCORES
+
+        if self.vlm_score not in PAIR_SCORES:
+            raise ValueError(f"vlm_score must be one of {PAIR_SCORES} (a score of one pair), got {self.vlm_score!r}")
         objective = self.build_objective()  # validates the preset and the weights
         if self.num_counterfactuals == 0 and (objective.uses_counterfactual_texts or objective.uses_counterfactual_images):
             raise ValueError(f"objective {self.objective!r} uses counterfactuals but num_counterfactuals=0")

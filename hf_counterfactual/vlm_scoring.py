@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-__all__ = ["SCORES", "VLMScorer"]
+__all__ = ["PAIR_SCORES", "SCORES", "VLMScorer", "VLMScores"]
 
 SCORES = ("vqascore", "yes_logprob", "loglik", "loglik_mean", "choice")
+PAIR_SCORES = SCORES[:-1]  # a score of one (image, caption) pair: what training terms can ask for
 CAPTION_QUESTION = "Write a caption for the image."
 VQA_QUESTION = 'Does this figure show "{caption}"? Please answer yes or no.'
 VQA_ANSWER = "Yes"
@@ -40,7 +41,8 @@ class VLMScorer:
     """Scores images against captions with a generative VLM (``LlavaForConditionalGeneration``).
 
     ``scorer(images, texts)`` returns ``[len(images), len(texts)]`` scores (higher: a better match),
-    which :func:`~hf_counterfactual.benchmarks.evaluate_benchmark` ranks like a dual encoder's.
+    which :func:`~hf_counterfactual.benchmarks.evaluate_benchmark` ranks like a dual encoder's. In
+    training, :class:`VLMScores` asks it for a step's pairs, with gradient.
 
     Args:
         model: the VLM; its ``model.get_image_features`` gives the image features it splices in.
@@ -52,7 +54,7 @@ class VLMScorer:
     def __init__(self, model, processor, score: str = "vqascore", batch_size: int = 16, device=None, show_progress: bool = False):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-        self.model, self.processor, self.method, self.batch_size = model.eval(), processor, score, batch_size
+        self.model, self.processor, self.method, self.batch_size = model, processor, score, batch_size
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
@@ -80,14 +82,16 @@ class VLMScorer:
 
     # ---------------------------------------------------------------------------------- forward
 
-    @torch.no_grad()
     def image_features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """The projected features of each image, ``[num_image_tokens, hidden]`` each (one vision pass)."""
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        outputs = self.model.model.get_image_features(pixel_values=pixel_values.to(self.device, self.model.dtype), return_dict=True)
+        return self.features_of(pixel_values)
+
+    def features_of(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`image_features` of pre-processed images (with gradient, when enabled)."""
+        outputs = self.model.get_image_features(pixel_values=pixel_values.to(self.device, self.model.dtype), return_dict=True)
         return list(outputs.pooler_output)
 
-    @torch.no_grad()
     def next_token_logprobs(
         self, features: Sequence[torch.Tensor], image_index: Sequence[int], prompts: Sequence[list[int]], answers: Sequence[list[int]]
     ) -> list[torch.Tensor]:
@@ -133,7 +137,7 @@ class VLMScorer:
         result = []
         for r, (first, count) in enumerate(spans):
             count = min(count, length - first)  # the position after the last token only exists if padded
-            result.append(torch.log_softmax(logits[r, first : first + count].float(), dim=-1).cpu())
+            result.append(torch.log_softmax(logits[r, first : first + count].float(), dim=-1))
         return result
 
     # ---------------------------------------------------------------------------------- scores
@@ -145,9 +149,19 @@ class VLMScorer:
         """Scores ``[len(images), len(texts)]`` (see the module docstring for each definition)."""
         return self.score_groups([(images, texts)])[0]
 
+    @torch.no_grad()
     def score_groups(self, groups: Sequence[tuple[Sequence[Image.Image], Sequence[str]]]) -> list[torch.Tensor]:
         """The score grid of each ``(images, texts)`` group, all groups' sequences batched together
-        (what :func:`~hf_counterfactual.benchmarks.score_benchmark` calls with many small examples)."""
+        (what :func:`~hf_counterfactual.benchmarks.score_benchmark` calls with many small examples).
+        The model is put in eval mode for the call (dropout off) and back as it was after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._score_groups(groups)
+        finally:
+            self.model.train(was_training)
+
+    def _score_groups(self, groups) -> list[torch.Tensor]:
         features = self.image_features([image for images, _ in groups for image in images])
         requests = []  # (group, row, column or order, image feature index, prompt, answer)
         offset = 0
@@ -188,6 +202,43 @@ class VLMScorer:
 
     def _letters(self, n: int) -> list[int]:
         return [self.answer(letter)[0] for letter in LETTERS[:n]]
+
+
+class VLMScores:
+    """One training step's scores of a generative VLM over the batch's distinct images and texts,
+    for the pairs a record-local term asks for (:meth:`pairs`), with gradient. Each image's features
+    are computed once per step and each pair is scored once (repeated asks are served from memory).
+    ``dense`` is False: all-pairs terms cannot use it (see :data:`~hf_counterfactual.objectives.TERM_NEEDS`).
+
+    Args:
+        scorer: a :class:`VLMScorer` whose ``score`` is one of :data:`PAIR_SCORES`.
+        pixel_values: the step's distinct images, pre-processed (the collator's ``pixel_values``).
+        texts: the step's distinct texts (the collator's ``texts``).
+    """
+
+    dense = False
+
+    def __init__(self, scorer: VLMScorer, pixel_values: torch.Tensor, texts: Sequence[str]):
+        if scorer.method not in PAIR_SCORES:
+            raise ValueError(f"training scores one pair at a time: score must be one of {PAIR_SCORES}, got {scorer.method!r}")
+        self.scorer, self.texts = scorer, list(texts)
+        self.features = scorer.features_of(pixel_values)
+        self._scores: dict[tuple[int, int], torch.Tensor] = {}
+
+    def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """``S(image_index[..], text_index[..])`` (indices broadcast against each other)."""
+        image_index, text_index = torch.broadcast_tensors(image_index, text_index)
+        wanted = list(zip(image_index.flatten().tolist(), text_index.flatten().tolist()))
+        missing = list(dict.fromkeys(pair for pair in wanted if pair not in self._scores))
+        if missing:
+            requests = {j: self.scorer._requests([self.texts[j]])[0] for j in {j for _, j in missing}}
+            logprobs = self.scorer.next_token_logprobs(
+                self.features, [i for i, _ in missing], [requests[j][1] for _, j in missing], [requests[j][2] for _, j in missing]
+            )
+            for (i, j), rows in zip(missing, logprobs):
+                answer = torch.tensor(requests[j][2], device=rows.device)
+                self._scores[(i, j)] = _reduce(self.scorer.method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
+        return torch.stack([self._scores[pair] for pair in wanted]).view(image_index.shape)
 
 
 def _cyclic_orders(n: int) -> list[list[int]]:
