@@ -13,6 +13,8 @@ scorer for, :mod:`hf_counterfactual.scoring`):
 - ``fcd``: CF-VLM ``L_fcd``, hinge ``S(Ia, Ta) >= max_j S(Icf_j, Ta) + m2`` (hardest edited image,
   original text).
 - ``local``: record-local InfoNCE, ``S(Ia, Ta)`` against ``S(Ia, Tcf_k)`` and against ``S(Icf_j, Ta)``.
+- ``lm``: a generative VLM's language-model loss on the factual caption (mean token NLL given the
+  image): CF-VLM's ``L_align`` for a model that has no contrastive alignment.
 
 What a term needs (:data:`TERM_NEEDS`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
@@ -48,9 +50,12 @@ from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_worl
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
 from .losses import record_local_contrastive_loss
 
-TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local")
-#: What each term asks the scorer for: all-pairs scores ("dense") or a record's own pairs ("pairs").
-TERM_NEEDS = {"align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs"}
+TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm")
+#: What each term asks the scorer for: all-pairs scores ("dense"), a record's own pairs ("pairs"),
+#: or a generative model's caption likelihood ("generative").
+TERM_NEEDS = {
+    "align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs", "lm": "generative",
+}  # fmt: skip
 
 #: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
 OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
@@ -58,6 +63,8 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
     "negclip": {"negclip": 1.0},
     "grouping": {"grouping": 1.0},
     "cf-vlm": {"align": 1.0, "csd": 0.45, "fcd": 0.55},
+    # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
+    "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
 }
 
 
@@ -95,14 +102,18 @@ class CounterfactualObjective:
 
     def check(self, dense: bool, model_name: str) -> None:
         """Raises at start-up when a term needs what the model's scorer cannot give: all-pairs
-        scores (``dense`` terms) from a model that scores one pair per forward."""
+        scores (``dense`` terms) from a generative model, which scores one pair per forward, or a
+        caption likelihood (``lm``) from a dual encoder."""
         missing = [term for term in self.weights if TERM_NEEDS[term] == "dense" and not dense]
         if missing:
-            usable = [term for term, need in TERM_NEEDS.items() if need == "pairs"]
+            usable = [term for term, need in TERM_NEEDS.items() if need != "dense"]
             raise ValueError(
                 f"loss term(s) {missing} need all-pairs scores of a dual encoder, which {model_name} does not give "
-                f"(it scores one pair per forward); use the record-local terms {usable}"
+                f"(it scores one pair per forward); use {usable}"
             )
+        generative = [term for term in self.weights if TERM_NEEDS[term] == "generative" and dense]
+        if generative:
+            raise ValueError(f"loss term(s) {generative} need a generative model's caption likelihood; {model_name} is a dual encoder")
 
     @property
     def uses_counterfactual_texts(self) -> bool:
@@ -136,6 +147,8 @@ class CounterfactualObjective:
         terms: dict[str, torch.Tensor] = {}
         if any(TERM_NEEDS[term] == "dense" for term in needs):
             terms.update(self._dense_terms(scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid))
+        if "lm" in needs:
+            terms["lm"] = -scores.log_likelihood(image_index, text_index).mean()
         if "csd" in needs or "fcd" in needs or "local" in needs:
             factual = scores.pairs(image_index, text_index)  # S(Ia, Ta), [B]
             if "csd" in needs:

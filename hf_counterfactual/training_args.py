@@ -31,6 +31,9 @@ class CounterfactualTrainingArguments(TrainingArguments):
     )
     csd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_csd (beta)."})
     fcd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_fcd (gamma)."})
+    lm_weight: float | None = field(
+        default=None, metadata={"help": "Generative VLMs: weight of the language-model loss on the factual caption (L_align for LLaVA)."}
+    )
     local_weight: float | None = field(
         default=None, metadata={"help": "Weight of record-local InfoNCE (the factual pair against its own record's counterfactuals)."}
     )
@@ -64,7 +67,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight"):
+        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_counterfactuals < 0:
@@ -92,6 +95,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
             "csd": self.csd_weight,
             "fcd": self.fcd_weight,
             "local": self.local_weight,
+            "lm": self.lm_weight,
         }
         return CounterfactualObjective.from_preset(
             self.objective,

@@ -194,11 +194,7 @@ class VLMScorer:
                 options = "\n".join(f"{LETTERS[k]}. {texts[j]}" for k, j in enumerate(order))
                 out.append((o, self.prompt(CHOICE_QUESTION.format(options=options)), []))
             return out
-        if self.method in ("vqascore", "yes_logprob"):
-            yes = self.answer(VQA_ANSWER)
-            return [(j, self.prompt(VQA_QUESTION.format(caption=text)), yes) for j, text in enumerate(texts)]
-        question = self.prompt(CAPTION_QUESTION)
-        return [(j, question, self.answer(text)) for j, text in enumerate(texts)]
+        return [(j, *_pair_request(self, self.method, text)) for j, text in enumerate(texts)]
 
     def _letters(self, n: int) -> list[int]:
         return [self.answer(letter)[0] for letter in LETTERS[:n]]
@@ -223,22 +219,37 @@ class VLMScores:
             raise ValueError(f"training scores one pair at a time: score must be one of {PAIR_SCORES}, got {scorer.method!r}")
         self.scorer, self.texts = scorer, list(texts)
         self.features = scorer.features_of(pixel_values)
-        self._scores: dict[tuple[int, int], torch.Tensor] = {}
+        self._scores: dict[tuple[str, int, int], torch.Tensor] = {}
 
     def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """``S(image_index[..], text_index[..])`` (indices broadcast against each other)."""
+        return self._scores_of(self.scorer.method, image_index, text_index)
+
+    def log_likelihood(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+        """Mean log-probability per token of each text as the image's caption (``loglik_mean``,
+        whatever the training score is): what the language-model term ``lm`` maximises."""
+        return self._scores_of("loglik_mean", image_index, text_index)
+
+    def _scores_of(self, method: str, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         image_index, text_index = torch.broadcast_tensors(image_index, text_index)
-        wanted = list(zip(image_index.flatten().tolist(), text_index.flatten().tolist()))
-        missing = list(dict.fromkeys(pair for pair in wanted if pair not in self._scores))
+        wanted = [(method, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
+        missing = list(dict.fromkeys(key for key in wanted if key not in self._scores))
         if missing:
-            requests = {j: self.scorer._requests([self.texts[j]])[0] for j in {j for _, j in missing}}
+            requests = {j: _pair_request(self.scorer, method, self.texts[j]) for j in {j for _, _, j in missing}}
             logprobs = self.scorer.next_token_logprobs(
-                self.features, [i for i, _ in missing], [requests[j][1] for _, j in missing], [requests[j][2] for _, j in missing]
+                self.features, [i for _, i, _ in missing], [requests[j][0] for _, _, j in missing], [requests[j][1] for _, _, j in missing]
             )
-            for (i, j), rows in zip(missing, logprobs):
-                answer = torch.tensor(requests[j][2], device=rows.device)
-                self._scores[(i, j)] = _reduce(self.scorer.method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
-        return torch.stack([self._scores[pair] for pair in wanted]).view(image_index.shape)
+            for key, rows in zip(missing, logprobs):
+                answer = torch.tensor(requests[key[2]][1], device=rows.device)
+                self._scores[key] = _reduce(method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
+        return torch.stack([self._scores[key] for key in wanted]).view(image_index.shape)
+
+
+def _pair_request(scorer: VLMScorer, method: str, text: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) that score ``text`` by ``method`` (one of :data:`PAIR_SCORES`)."""
+    if method in ("vqascore", "yes_logprob"):
+        return scorer.prompt(VQA_QUESTION.format(caption=text)), scorer.answer(VQA_ANSWER)
+    return scorer.prompt(CAPTION_QUESTION), scorer.answer(text)
 
 
 def _cyclic_orders(n: int) -> list[list[int]]:

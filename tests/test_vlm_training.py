@@ -100,3 +100,28 @@ def test_lora_on_llava_changes_only_the_adapters(llava, records, tmp_path):
     CounterfactualTrainer(model=model, args=args(tmp_path, max_steps=1), train_dataset=records_dataset(records), processing_class=processor).train()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all("lora_" in k for k in changed)
+
+
+def test_lm_term_is_the_factual_captions_mean_token_nll(llava, records, tmp_path):
+    model, processor = llava
+    batch = CounterfactualCollator(processor, num_counterfactuals=2)(records)
+    scorer = VLMScorer(model, processor, score="vqascore")  # lm reads the caption likelihood whatever the pair score
+    with torch.no_grad():
+        terms = CounterfactualObjective(weights={"lm": 1.0})(VLMScores(scorer, batch["pixel_values"], batch["texts"]), batch)
+    reference = VLMScorer(model, processor, score="loglik_mean")
+    nlls = [-reference.score([r["image"]], [r["caption"]])[0, 0].item() for r in records]
+    assert terms["lm"].item() == pytest.approx(sum(nlls) / len(nlls), abs=1e-4)
+
+    trainer = CounterfactualTrainer(model=model, args=args(tmp_path, objective="cf-vlm-lm", local_weight=None, align_weight=None, max_steps=1),
+                                    train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
+    trainer.train()
+    assert {"loss/lm", "loss/csd", "loss/fcd"} <= set(trainer.state.log_history[0])
+
+
+def test_lm_on_a_dual_encoder_is_refused_at_start_up(tmp_path):
+    from dummy_components import get_dummy_components
+
+    model, processor, records = get_dummy_components(num_records=2)
+    with pytest.raises(ValueError, match=r"\['lm'\] need a generative model's caption likelihood; CLIPModel is a dual encoder"):
+        CounterfactualTrainer(model=model, args=args(tmp_path, objective="clip", lm_weight=1.0, local_weight=None, align_weight=None),
+                              train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
