@@ -31,8 +31,8 @@ _TEMPLATE = """---
 Loads with plain `transformers`:
 
 ```python
-from transformers import AutoModel, AutoProcessor
-model = AutoModel.from_pretrained("{repo}")
+from transformers import {auto_class}, AutoProcessor
+model = {auto_class}.from_pretrained("{repo}")
 processor = AutoProcessor.from_pretrained("{repo}")
 ```
 """
@@ -101,6 +101,8 @@ def build_model_card(
     base_model_description: str | None = None,
     chart: str | None = None,
     repo_id: str | None = None,
+    model_type: str = "clip",
+    generative: bool = False,
 ) -> ModelCard:
     """A ``huggingface_hub.ModelCard`` whose metadata holds a ``model-index`` of the Winoground-style
     scores (overall ``results["all"]``), and whose body shows the per-subset table.
@@ -110,7 +112,9 @@ def build_model_card(
     dataset_split)`` of the results, as :func:`hf_counterfactual.commands.evaluate.benchmark_identity`
     names them. ``base_model_description``: what the model started from when it is not a Hub id
     (e.g. "a tiny CLIP built from a config"). ``chart``: an image file beside the card to embed.
-    ``repo_id`` (default ``model_name``) is what the loading snippet names."""
+    ``repo_id`` (default ``model_name``) is what the loading snippet names. ``model_type`` (the
+    config's, e.g. ``clip``, ``siglip``, ``llava``) is a tag; ``generative`` models (LLaVA) are tagged
+    and loaded as image-text-to-text."""
     base_model, dataset_name = hub_id(base_model), hub_id(dataset_name)
     dataset_type, benchmark_name, split = benchmark
     eval_results = model_index_results(results, dataset_type, benchmark_name, dataset_split=split) if results else []
@@ -118,10 +122,10 @@ def build_model_card(
         library_name="transformers",
         base_model=base_model,
         datasets=[dataset_name] if dataset_name else None,
-        tags=["clip", "counterfactual", "compositionality", "hf-counterfactual"],
+        tags=[model_type, "counterfactual", "compositionality", "hf-counterfactual"],
         model_name=model_name,
         eval_results=eval_results or None,
-        pipeline_tag="zero-shot-image-classification",
+        pipeline_tag="image-text-to-text" if generative else "zero-shot-image-classification",
     )
     where = f"the {benchmark_name}" + (f" ({split} split)" if split else "")
     if results is None:
@@ -144,5 +148,6 @@ def build_model_card(
         k=num_counterfactuals,
         evaluation=evaluation,
         repo=repo_id or model_name,
+        auto_class="AutoModelForImageTextToText" if generative else "AutoModel",
     )
     return ModelCard(text)

@@ -65,6 +65,7 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
     "cf-vlm": {"align": 1.0, "csd": 0.45, "fcd": 0.55},
     # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
     "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
+    "lm": {"lm": 1.0},  # a generative VLM's captioning loss alone (the tiny LLaVA's pre-training)
 }
 
 

@@ -144,9 +144,11 @@ class CounterfactualTrainer(Trainer):
             num_counterfactuals=self.args.num_counterfactuals,
             results=self.evaluation_results,
             results_before=self.evaluation_results_before,
-            base_model_description=base_model_description or ("a CLIP model trained from a random initialisation" if not base_model else None),
+            base_model_description=base_model_description or ("a model trained from a random initialisation" if not base_model else None),
             chart=chart,
             repo_id=self.hub_model_id,
+            model_type=getattr(getattr(self.model, "config", None), "model_type", "clip"),
+            generative=self.generative,
             **({"benchmark": benchmark} if benchmark else {}),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))

@@ -132,3 +132,20 @@ def test_a_dataset_of_other_columns_is_named_before_training(tmp_path):
     raw = DatasetDict.load_from_disk(str(folder))
     with pytest.raises(UsageError, match=r"split 'train' is not a dataset of counterfactual records \(columns \['image', 'text'\]\).*row 0, field 'caption': missing"):
         train.select_split(raw, "train", "--train_split")
+
+
+@pytest.mark.parametrize("model_type", ["llava", "siglip"])
+def test_embedded_default_for_other_model_types(tmp_path, model_type):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModel, AutoModelForImageTextToText
+
+    out = tmp_path / "out"
+    results = train.main(["--model_type", model_type, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
+    assert results["after"]["all"]["count"] == results["before"]["all"]["count"] > 12
+    auto = AutoModelForImageTextToText if model_type == "llava" else AutoModel
+    assert type(auto.from_pretrained(out)).__name__ == {"llava": "LlavaForConditionalGeneration", "siglip": "SiglipModel"}[model_type]
+    card = ModelCard.load(out / "README.md")
+    assert model_type in card.data.tags and ("A tiny LLaVA" in card.text) == (model_type == "llava")
+    assert card.data.pipeline_tag == ("image-text-to-text" if model_type == "llava" else "zero-shot-image-classification")
+    _, _, training_args = train.parse_args(["--model_type", model_type])
+    assert training_args.objective == ("cf-vlm-lm" if model_type == "llava" else "grouping")

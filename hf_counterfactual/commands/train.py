@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import datasets
 import transformers
-from transformers import AutoProcessor, CLIPModel, set_seed
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, set_seed
 
 from ..benchmarks import MatchingBenchmark, counterfactual_records_benchmark, evaluate_benchmark, format_results
 from ..distributed import full_parameters
@@ -53,6 +53,11 @@ from .checks import check_pretrained
 from .data import load_dataset_dict, select_split
 
 logger = logging.getLogger(__name__)
+
+TINY_BUILDERS = {"clip": "build_tiny_clip", "siglip": "build_tiny_siglip", "llava": "build_tiny_llava"}
+# The tiny model's pre-training (the stand-in for a pretrained checkpoint): InfoNCE for a dual
+# encoder, the caption language-model loss for a generative VLM.
+PRETRAINING_OBJECTIVE = {"clip": "clip", "siglip": "clip", "llava": "lm"}
 
 # Defaults of the embedded default run (used when --model_name_or_path is not given): fine-tuning
 # of the pretrained start; ModelArguments.pretrain_* set its pre-training.
@@ -75,7 +80,15 @@ EMBEDDED_DEFAULTS = dict(
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A CLIPModel checkpoint (hub id or path). Default: a tiny CLIP built from a config."}
+        default=None,
+        metadata={
+            "help": "A checkpoint (hub id or path): a dual encoder (CLIP, SigLIP) or a generative VLM (LLaVA). "
+            "Default: a tiny model of --model_type built from a config."
+        },
+    )
+    model_type: str = field(
+        default="clip",
+        metadata={"help": "Without --model_name_or_path: the tiny model to build (clip, siglip or llava).", "choices": list(TINY_BUILDERS)},
     )
     image_size: int = field(default=32, metadata={"help": "Image size of the tiny default model."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
@@ -131,13 +144,22 @@ def load_data(data_args: DataArguments) -> datasets.DatasetDict:
     )
 
 
+def is_generative(model) -> bool:
+    """A generative VLM (image features, no text features: LLaVA) rather than a dual encoder."""
+    return not hasattr(model, "get_text_features")
+
+
 def load_model(model_args: ModelArguments, training_args: CounterfactualTrainingArguments, train: datasets.Dataset):
     if model_args.model_name_or_path is not None:
-        return CLIPModel.from_pretrained(model_args.model_name_or_path), AutoProcessor.from_pretrained(model_args.model_name_or_path)
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
-    from hf_counterfactual.tiny_models import build_tiny_clip
+        from .evaluate import is_generative as is_generative_checkpoint
 
-    model, processor = build_tiny_clip(SCENE_VOCABULARY, image_size=model_args.image_size, seed=training_args.seed)
+        auto = AutoModelForImageTextToText if is_generative_checkpoint(model_args.model_name_or_path) else AutoModel
+        return auto.from_pretrained(model_args.model_name_or_path), AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    from .. import tiny_models
+    from ..scenes import SCENE_VOCABULARY
+
+    build = getattr(tiny_models, TINY_BUILDERS[model_args.model_type])
+    model, processor = build(SCENE_VOCABULARY, image_size=model_args.image_size, seed=training_args.seed)
     if model_args.pretrain_epochs > 0:
         model = pretrained_start(model, processor, model_args, training_args, train)
     return model, processor
@@ -151,6 +173,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         "epochs": model_args.pretrain_epochs,
         "learning_rate": model_args.pretrain_learning_rate,
         "image_size": model_args.image_size,
+        "model_type": model_args.model_type,
         "seed": training_args.seed,
         "train_fingerprint": train._fingerprint,
         "config": model.config.to_diff_dict(),
@@ -160,13 +183,13 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         with open(settings_file) as f:
             if json.load(f) == json.loads(json.dumps(settings)):
                 logger.info("Pretrained start read from %s", cache)
-                return CLIPModel.from_pretrained(cache)
+                return type(model).from_pretrained(cache)
         logger.warning("The pretrained start in %s was made with other settings: pre-training again", cache)
     args = dataclasses.replace(
         training_args,
         output_dir=cache,
-        objective="clip",
-        **{f"{term}_weight": None for term in TERMS},  # the clip preset as it is
+        objective=PRETRAINING_OBJECTIVE[model_args.model_type],
+        **{f"{term}_weight": None for term in TERMS},  # the preset as it is
         num_train_epochs=model_args.pretrain_epochs,
         max_steps=-1,  # --max_steps bounds the fine-tuning, not the pre-training
         learning_rate=model_args.pretrain_learning_rate,
@@ -174,7 +197,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         push_to_hub=False,
         resume_from_checkpoint=None,
     )
-    logger.info("Pre-training the tiny CLIP with InfoNCE on factual pairs for %s epochs (cached in %s)", args.num_train_epochs, cache)
+    logger.info("Pre-training the tiny %s with %s on factual pairs for %s epochs (cached in %s)", model_args.model_type, args.objective, args.num_train_epochs, cache)
     trainer = CounterfactualTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     trainer.train()
     trainer.save_model()
@@ -184,11 +207,33 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
     return trainer.model
 
 
-def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | None) -> dict | None:
+def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | None, vlm_score: str = "vqascore") -> dict | None:
     """Text / image / group scores of ``model`` where ``benchmark`` is given (the main process). Every
-    process calls it: under DeepSpeed ZeRO-3 all of them must gather the partitioned parameters."""
+    process calls it: under DeepSpeed ZeRO-3 all of them must gather the partitioned parameters. A
+    generative VLM is scored by ``vlm_score`` (the score it trains on)."""
     with full_parameters(model):
-        return None if benchmark is None else evaluate_benchmark(DualEncoderScorer(model, processor), benchmark)
+        if benchmark is None:
+            return None
+        if is_generative(model):
+            from ..vlm_scoring import VLMScorer
+
+            return evaluate_benchmark(VLMScorer(model, processor, score=vlm_score), benchmark)
+        return evaluate_benchmark(DualEncoderScorer(model.eval(), processor), benchmark)
+
+
+# The tiny LLaVA's embedded default: CF-VLM's recipe for a generative VLM (L_align becomes the
+# caption language-model loss; the contrastive terms need a dual encoder), on fewer scenes, since
+# every pair costs a language-model forward.
+LLAVA_EMBEDDED_DEFAULTS = dict(EMBEDDED_DEFAULTS, output_dir="outputs/cf-llava-tiny", objective="cf-vlm-lm", num_train_scenes=400,
+                               num_test_scenes=100, num_train_epochs=8, per_device_train_batch_size=16)  # fmt: skip
+
+
+def embedded_defaults(parsed: tuple) -> dict:
+    """The defaults that replace the arguments' own when no checkpoint is named."""
+    model_args = parsed[0]
+    if model_args.model_name_or_path is not None:
+        return {}
+    return LLAVA_EMBEDDED_DEFAULTS if model_args.model_type == "llava" else EMBEDDED_DEFAULTS
 
 
 def shipped_deepspeed_config(value: str) -> str:
@@ -208,7 +253,7 @@ def parse_args(argv: list[str] | None = None):
         sys.argv[1:] if argv is None else argv,
         prog="hf-cf train",
         description=__doc__,
-        defaults=lambda parsed: EMBEDDED_DEFAULTS if parsed[0].model_name_or_path is None else {},
+        defaults=embedded_defaults,
         aliases={"deepspeed": shipped_deepspeed_config},
     )
 
@@ -266,14 +311,14 @@ def main(argv: list[str] | None = None) -> dict:
     benchmarks = {"test split": counterfactual_records_benchmark(test, name="test split") if main_process else None}
     if heldout_style is not None:
         benchmarks["held-out style"] = counterfactual_records_benchmark(heldout_style, name="held-out style") if main_process else None
-    before = {name: evaluate_on_main_process(trainer.model, processor, b) for name, b in benchmarks.items()}
+    before = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
 
     trainer.train(resume_from_checkpoint=resume)
 
     if model_args.use_lora:  # a plain CLIPModel on disk, loadable without peft
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
-    after = {name: evaluate_on_main_process(trainer.model, processor, b) for name, b in benchmarks.items()}
+    after = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
     trainer.evaluation_results_before, trainer.evaluation_results = before["test split"], after["test split"]
     results = {}
     if main_process:
@@ -305,9 +350,11 @@ CHART = "group_score_per_edit_kind.png"
 
 def tiny_start(model_args: ModelArguments) -> str:
     """What the embedded default fine-tunes, in words (the model card's summary)."""
+    name = {"clip": "CLIP", "siglip": "SigLIP", "llava": "LLaVA"}[model_args.model_type]
     if model_args.pretrain_epochs > 0:
-        return f"a tiny CLIP built from a config, pre-trained with InfoNCE on the factual pairs for {model_args.pretrain_epochs:g} epochs"
-    return "a tiny CLIP built from a config (random initialisation)"
+        how = "InfoNCE" if PRETRAINING_OBJECTIVE[model_args.model_type] == "clip" else "the captioning loss"
+        return f"a tiny {name} built from a config, pre-trained with {how} on the factual pairs for {model_args.pretrain_epochs:g} epochs"
+    return f"a tiny {name} built from a config (random initialisation)"
 
 
 def write_chart(output_dir: str, before: dict, after: dict) -> str:
