@@ -51,6 +51,10 @@ class CounterfactualTrainer(Trainer):
                 f"(LlavaForConditionalGeneration); {type(model).__name__} has no get_image_features"
             )
         self.generative = not hasattr(model, "get_text_features")
+        if self.generative and args.world_size > 1:
+            # A step scores its pairs in several language-model forwards, and DDP allows one forward
+            # per backward; the multi-process path (DDP, DeepSpeed) is not built or tested yet.
+            raise NotImplementedError(f"training a generative VLM ({_model_name(model)}) runs in one process for now; got world_size={args.world_size}")
         self.objective.check(dense=not self.generative, model_name=_model_name(model))
         self._with_bias = has_logit_bias(model)
         if data_collator is None:
