@@ -15,6 +15,9 @@ scorer for, :mod:`hf_counterfactual.scoring`):
 - ``local``: record-local InfoNCE, ``S(Ia, Ta)`` against ``S(Ia, Tcf_k)`` and against ``S(Icf_j, Ta)``.
 - ``lm``: a generative VLM's language-model loss on the factual caption (mean token NLL given the
   image): CF-VLM's ``L_align`` for a model that has no contrastive alignment.
+- ``choice``: CounterCurate's multiple-choice training format for a generative VLM: for each
+  complete counterfactual pair, the factual image and the edited image are each asked which of
+  the two captions (in a random order) describes it; the loss is the NLL of the right letter.
 
 What a term needs (:data:`TERM_NEEDS`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
@@ -50,11 +53,12 @@ from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_worl
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
 from .losses import record_local_contrastive_loss
 
-TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm")
+TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm", "choice")
 #: What each term asks the scorer for: all-pairs scores ("dense"), a record's own pairs ("pairs"),
 #: or a generative model's caption likelihood ("generative").
 TERM_NEEDS = {
     "align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs", "lm": "generative",
+    "choice": "generative",
 }  # fmt: skip
 
 #: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
@@ -66,6 +70,7 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
     # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
     "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
     "lm": {"lm": 1.0},  # a generative VLM's captioning loss alone (the tiny LLaVA's pre-training)
+    "countercurate": {"choice": 1.0},  # CounterCurate's LLaVA fine-tuning: multiple choice, LM loss on the letter
 }
 
 
@@ -118,11 +123,11 @@ class CounterfactualObjective:
 
     @property
     def uses_counterfactual_texts(self) -> bool:
-        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local"))
+        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local", "choice"))
 
     @property
     def uses_counterfactual_images(self) -> bool:
-        return any(term in self.weights for term in ("grouping", "csd", "fcd", "local"))
+        return any(term in self.weights for term in ("grouping", "csd", "fcd", "local", "choice"))
 
     def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms returned by :meth:`__call__`."""
@@ -150,6 +155,14 @@ class CounterfactualObjective:
             terms.update(self._dense_terms(scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid))
         if "lm" in needs:
             terms["lm"] = -scores.log_likelihood(image_index, text_index).mean()
+        if "choice" in needs:
+            b, k = (cf_image_valid & cf_text_valid).nonzero(as_tuple=True)
+            images = torch.cat([image_index[b], cf_images[b, k]])  # each pair's factual and edited image
+            correct = torch.cat([text_index[b], cf_texts[b, k]])
+            other = torch.cat([cf_texts[b, k], text_index[b]])
+            correct_first = torch.rand(len(images)) < 0.5  # the order, drawn from the trainer's seeded generator
+            nll = scores.choice_nll(images, correct, other, correct_first)
+            terms["choice"] = nll.sum() / max(len(nll), 1)
         if "csd" in needs or "fcd" in needs or "local" in needs:
             factual = scores.pairs(image_index, text_index)  # S(Ia, Ta), [B]
             if "csd" in needs:

@@ -34,6 +34,9 @@ class CounterfactualTrainingArguments(TrainingArguments):
     lm_weight: float | None = field(
         default=None, metadata={"help": "Generative VLMs: weight of the language-model loss on the factual caption (L_align for LLaVA)."}
     )
+    choice_weight: float | None = field(
+        default=None, metadata={"help": "Generative VLMs: weight of CounterCurate's multiple-choice loss (the right letter's NLL)."}
+    )
     local_weight: float | None = field(
         default=None, metadata={"help": "Weight of record-local InfoNCE (the factual pair against its own record's counterfactuals)."}
     )
@@ -67,7 +70,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight"):
+        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight", "choice_weight"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_counterfactuals < 0:
@@ -96,6 +99,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
             "fcd": self.fcd_weight,
             "local": self.local_weight,
             "lm": self.lm_weight,
+            "choice": self.choice_weight,
         }
         return CounterfactualObjective.from_preset(
             self.objective,

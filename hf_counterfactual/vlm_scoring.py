@@ -219,7 +219,7 @@ class VLMScores:
             raise ValueError(f"training scores one pair at a time: score must be one of {PAIR_SCORES}, got {scorer.method!r}")
         self.scorer, self.texts = scorer, list(texts)
         self.features = scorer.features_of(pixel_values)
-        self._scores: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._scores: dict[tuple, torch.Tensor] = {}
 
     def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """``S(image_index[..], text_index[..])`` (indices broadcast against each other)."""
@@ -230,19 +230,38 @@ class VLMScores:
         whatever the training score is): what the language-model term ``lm`` maximises."""
         return self._scores_of("loglik_mean", image_index, text_index)
 
+    def choice_nll(self, image_index: torch.Tensor, correct: torch.Tensor, other: torch.Tensor, correct_first: torch.Tensor) -> torch.Tensor:
+        """CounterCurate's multiple-choice loss: for each question, the image ``image_index``, the
+        options ``correct`` and ``other`` (text rows; ``correct`` listed first where ``correct_first``)
+        in :data:`CHOICE_QUESTION`, the negative log-probability of the correct option's letter."""
+        keys = [("choice", i, c, o, bool(f)) for i, c, o, f in zip(image_index.tolist(), correct.tolist(), other.tolist(), correct_first.tolist())]
+
+        def request(key):
+            _, _, c, o, first = key
+            options = (c, o) if first else (o, c)
+            listed = "\n".join(f"{LETTERS[n]}. {self.texts[t]}" for n, t in enumerate(options))
+            return self.scorer.prompt(CHOICE_QUESTION.format(options=listed)), self.scorer.answer(LETTERS[0 if first else 1])
+
+        return -self._score(keys, request, "loglik").view(image_index.shape)
+
     def _scores_of(self, method: str, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         image_index, text_index = torch.broadcast_tensors(image_index, text_index)
-        wanted = [(method, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
-        missing = list(dict.fromkeys(key for key in wanted if key not in self._scores))
+        keys = [(method, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
+        return self._score(keys, lambda key: _pair_request(self.scorer, method, self.texts[key[2]]), method).view(image_index.shape)
+
+    def _score(self, keys: list[tuple], request, method: str) -> torch.Tensor:
+        """The scores of ``keys`` (``key[1]``: the image row), each asked of the model once per step:
+        ``request(key)`` gives its (prompt ids, answer ids), ``method`` how its answer is scored."""
+        missing = list(dict.fromkeys(key for key in keys if key not in self._scores))
         if missing:
-            requests = {j: _pair_request(self.scorer, method, self.texts[j]) for j in {j for _, _, j in missing}}
-            logprobs = self.scorer.next_token_logprobs(
-                self.features, [i for _, i, _ in missing], [requests[j][0] for _, _, j in missing], [requests[j][1] for _, _, j in missing]
-            )
-            for key, rows in zip(missing, logprobs):
-                answer = torch.tensor(requests[key[2]][1], device=rows.device)
+            asked = [request(key) for key in missing]
+            logprobs = self.scorer.next_token_logprobs(self.features, [key[1] for key in missing], [a[0] for a in asked], [a[1] for a in asked])
+            for key, (_, answer), rows in zip(missing, asked, logprobs):
+                answer = torch.tensor(answer, device=rows.device)
                 self._scores[key] = _reduce(method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
-        return torch.stack([self._scores[key] for key in wanted]).view(image_index.shape)
+        if not keys:
+            return torch.zeros(0, device=self.features[0].device) + 0 * sum(f.sum() for f in self.features)
+        return torch.stack([self._scores[key] for key in keys])
 
 
 def _pair_request(scorer: VLMScorer, method: str, text: str) -> tuple[list[int], list[int]]:

@@ -125,3 +125,58 @@ def test_lm_on_a_dual_encoder_is_refused_at_start_up(tmp_path):
     with pytest.raises(ValueError, match=r"\['lm'\] need a generative model's caption likelihood; CLIPModel is a dual encoder"):
         CounterfactualTrainer(model=model, args=args(tmp_path, objective="clip", lm_weight=1.0, local_weight=None, align_weight=None),
                               train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
+
+
+def test_gradient_checkpointing_gives_the_same_step(llava, records, tmp_path):
+    import copy
+
+    model, processor = llava
+    results = {}
+    for checkpointing in (False, True):
+        trained = copy.deepcopy(model)
+        run = args(tmp_path / str(checkpointing), max_steps=1, gradient_checkpointing=checkpointing, optim="sgd", learning_rate=0.1,
+                   lr_scheduler_type="constant", train_sampling_strategy="sequential", max_grad_norm=0.0)  # fmt: skip
+        CounterfactualTrainer(model=trained, args=run, train_dataset=records_dataset(records), processing_class=processor).train()
+        assert trained.is_gradient_checkpointing == checkpointing  # recomputing activations, not skipped
+        results[checkpointing] = trained.state_dict()
+    for name, value in results[True].items():
+        torch.testing.assert_close(value, results[False][name], rtol=1e-4, atol=1e-5)
+
+
+def test_choice_term_is_the_right_letters_nll_by_a_direct_forward(llava, records):
+    from hf_counterfactual.vlm_scoring import CHOICE_QUESTION
+
+    model, processor = llava
+    batch = CounterfactualCollator(processor, num_counterfactuals=1)(records)
+    scores = VLMScores(VLMScorer(model, processor, score="loglik_mean"), batch["pixel_values"], batch["texts"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        value = CounterfactualObjective(weights={"choice": 1.0})(scores, batch)["choice"].item()
+    torch.manual_seed(0)
+    first = (torch.rand(2 * len(records)) < 0.5).tolist()  # the orders the term drew: factual images, then edited ones
+    questions = []
+    for b, record in enumerate(records):
+        caption, cf = batch["texts"][int(batch["text_index"][b])], batch["texts"][int(batch["cf_text_index"][b, 0])]
+        questions.append((record["image"], caption, cf))  # the factual image: the caption is right
+    for record, (_, caption, cf) in zip(records, list(questions)):  # the edited image: its own caption is right
+        questions.append((next(c["image"] for c in record["counterfactuals"] if c["caption"].strip() == cf), cf, caption))
+    nlls = []
+    for (image, right, wrong), right_first in zip(questions, first):
+        options = (right, wrong) if right_first else (wrong, right)
+        text = CHOICE_QUESTION.format(options="\n".join(f"{letter}. {o}" for letter, o in zip("AB", options)))
+        prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                                               add_generation_prompt=True, tokenize=False)  # fmt: skip
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1]
+        letter = processor.tokenizer("A" if right_first else "B", add_special_tokens=False)["input_ids"][0]
+        nlls.append(-torch.log_softmax(logits, -1)[letter].item())
+    assert value == pytest.approx(sum(nlls) / len(nlls), abs=1e-4)
+
+
+def test_countercurate_preset_trains(llava, records, tmp_path):
+    model, processor = llava
+    run = args(tmp_path, objective="countercurate", local_weight=None, align_weight=None, max_steps=1)
+    trainer = CounterfactualTrainer(model=model, args=run, train_dataset=records_dataset(records), processing_class=processor)
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[0]["loss/choice"])
