@@ -149,3 +149,13 @@ def test_embedded_default_for_other_model_types(tmp_path, model_type):
     assert card.data.pipeline_tag == ("image-text-to-text" if model_type == "llava" else "zero-shot-image-classification")
     _, _, training_args = train.parse_args(["--model_type", model_type])
     assert training_args.objective == ("cf-vlm-lm" if model_type == "llava" else "grouping")
+
+
+def test_llava_with_lora_is_saved_merged_as_a_plain_llava(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "out"
+    train.main(["--model_type", "llava", "--use_lora", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert not any("lora_" in name for name in model.state_dict())
+    assert not (out / "adapter_config.json").exists()
