@@ -51,10 +51,6 @@ class CounterfactualTrainer(Trainer):
                 f"(LlavaForConditionalGeneration); {type(model).__name__} has no get_image_features"
             )
         self.generative = not hasattr(model, "get_text_features")
-        if self.generative and args.world_size > 1:
-            # A step scores its pairs in several language-model forwards, and DDP allows one forward
-            # per backward; the multi-process path (DDP, DeepSpeed) is not built or tested yet.
-            raise NotImplementedError(f"training a generative VLM ({_model_name(model)}) runs in one process for now; got world_size={args.world_size}")
         self.objective.check(dense=not self.generative, model_name=_model_name(model))
         self._with_bias = has_logit_bias(model)
         if data_collator is None:
@@ -80,8 +76,19 @@ class CounterfactualTrainer(Trainer):
         if self.generative:
             from .vlm_scoring import VLMScorer, VLMScores
 
-            scorer = VLMScorer(model, self.processing_class, score=self.args.vlm_score, batch_size=self.args.vlm_batch_size)
+            several = self.args.world_size > 1
+            # Across processes the step's pairs go through the wrapped model in ONE forward (DDP
+            # allows one forward per backward): a first pass of the objective records what it asks.
+            scorer = VLMScorer(
+                self.accelerator.unwrap_model(model), self.processing_class, score=self.args.vlm_score,
+                batch_size=None if several else self.args.vlm_batch_size, forward_model=model,
+            )  # fmt: skip
             scores = VLMScores(scorer, inputs["pixel_values"], inputs["texts"])
+            if several:
+                recorder = VLMScores(scorer, None, inputs["texts"])
+                with torch.random.fork_rng(devices=[]):  # the same random draws in both passes
+                    self.objective(recorder, inputs)
+                scores.prefetch(recorder.asked)
             terms = self.objective(scores, inputs)
             loss = self.objective.total(terms)
             self._record(terms)

@@ -48,13 +48,18 @@ class VLMScorer:
         model: the VLM; its ``model.get_image_features`` gives the image features it splices in.
         processor: its processor (``image_processor``, ``tokenizer``, ``apply_chat_template``).
         score: one of :data:`SCORES`.
-        batch_size: sequences per language-model forward.
+        batch_size: sequences per language-model forward (``None``: all of a call in one forward).
+        forward_model: what runs the language-model forward (a DDP-wrapped ``model`` in training).
     """
 
-    def __init__(self, model, processor, score: str = "vqascore", batch_size: int = 16, device=None, show_progress: bool = False):
+    def __init__(
+        self, model, processor, score: str = "vqascore", batch_size: int | None = 16, device=None, show_progress: bool = False, forward_model=None
+    ):
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.model, self.processor, self.method, self.batch_size = model, processor, score, batch_size
+        # What runs the language-model forward: the model itself, or its DDP / DeepSpeed wrapper in training.
+        self.forward_model = forward_model if forward_model is not None else model
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
@@ -105,9 +110,10 @@ class VLMScorer:
                 expanded += [token] * len(features[image]) if token == self.image_token_id else [token]
             rows.append((image, expanded, list(answer)))
         out: list[torch.Tensor] = []
-        starts = range(0, len(rows), self.batch_size)
+        size = self.batch_size or max(len(rows), 1)
+        starts = range(0, len(rows), size)
         for start in tqdm(starts, desc="Scoring pairs", disable=not self.show_progress or len(starts) < 2):
-            out += self._forward(features, rows[start : start + self.batch_size])
+            out += self._forward(features, rows[start : start + size])
         return out
 
     def _forward(self, features, rows) -> list[torch.Tensor]:
@@ -128,7 +134,7 @@ class VLMScorer:
         # Positions count real tokens only: left padding must not shift a row's positions.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         image_outputs = BaseModelOutputWithPooling(pooler_output=[features[image] for image, _, _ in rows])
-        logits = self.model(
+        logits = self.forward_model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=position_ids.to(self.device),
@@ -214,12 +220,19 @@ class VLMScores:
 
     dense = False
 
-    def __init__(self, scorer: VLMScorer, pixel_values: torch.Tensor, texts: Sequence[str]):
+    def __init__(self, scorer: VLMScorer, pixel_values: torch.Tensor | None, texts: Sequence[str]):
         if scorer.method not in PAIR_SCORES:
             raise ValueError(f"training scores one pair at a time: score must be one of {PAIR_SCORES}, got {scorer.method!r}")
         self.scorer, self.texts = scorer, list(texts)
-        self.features = scorer.features_of(pixel_values)
+        # Without pixel_values the scores only record what is asked (zeros): see prefetch.
+        self.features = scorer.features_of(pixel_values) if pixel_values is not None else None
         self._scores: dict[tuple, torch.Tensor] = {}
+        self.asked: dict[tuple, tuple] = {}  # key -> (request, method), what a recording pass was asked for
+
+    def prefetch(self, asked: dict[tuple, tuple]) -> None:
+        """Scores every key a recording pass (``VLMScores(scorer, None, texts)``) was asked for, in
+        one call of the model (``scorer.batch_size=None``): DDP allows one forward per backward."""
+        self._compute([(key, request, method) for key, (request, method) in asked.items() if key not in self._scores])
 
     def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """``S(image_index[..], text_index[..])`` (indices broadcast against each other)."""
@@ -249,16 +262,24 @@ class VLMScores:
         keys = [(method, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
         return self._score(keys, lambda key: _pair_request(self.scorer, method, self.texts[key[2]]), method).view(image_index.shape)
 
+    def _compute(self, items: list[tuple[tuple, object, str]]) -> None:
+        """Scores ``(key, request, method)`` items in one :meth:`VLMScorer.next_token_logprobs` call."""
+        if not items:
+            return
+        asked = [request(key) for key, request, _ in items]
+        logprobs = self.scorer.next_token_logprobs(self.features, [key[1] for key, _, _ in items], [a[0] for a in asked], [a[1] for a in asked])
+        for (key, _, method), (_, answer), rows in zip(items, asked, logprobs):
+            answer = torch.tensor(answer, device=rows.device)
+            self._scores[key] = _reduce(method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
+
     def _score(self, keys: list[tuple], request, method: str) -> torch.Tensor:
         """The scores of ``keys`` (``key[1]``: the image row), each asked of the model once per step:
         ``request(key)`` gives its (prompt ids, answer ids), ``method`` how its answer is scored."""
+        if self.features is None:  # recording: remember, answer zeros
+            self.asked.update({key: (request, method) for key in keys})
+            return torch.zeros(len(keys))
         missing = list(dict.fromkeys(key for key in keys if key not in self._scores))
-        if missing:
-            asked = [request(key) for key in missing]
-            logprobs = self.scorer.next_token_logprobs(self.features, [key[1] for key in missing], [a[0] for a in asked], [a[1] for a in asked])
-            for key, (_, answer), rows in zip(missing, asked, logprobs):
-                answer = torch.tensor(answer, device=rows.device)
-                self._scores[key] = _reduce(method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
+        self._compute([(key, request, method) for key in missing])
         if not keys:
             return torch.zeros(0, device=self.features[0].device) + 0 * sum(f.sum() for f in self.features)
         return torch.stack([self._scores[key] for key in keys])

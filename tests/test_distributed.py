@@ -163,3 +163,10 @@ def test_deepspeed_zero_matches_ddp(deepspeed_installed, stage, tiny_checkpoint,
             # Softmax ignores key biases: their gradient is rounding noise, which Adam amplifies.
             continue
         torch.testing.assert_close(value, expected_state[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_llava_trains_across_processes_like_one_process(subprocess_env, tmp_path):
+    """Generative VLM under DDP: one forward per step (recorded pairs), replicas in sync, the same step as one process."""
+    output = run_command(TORCHRUN + ["tests/_vlm_ddp_worker.py", str(tmp_path / "out")], subprocess_env)
+    checks = [line for line in output.splitlines() if line.startswith(("ok ", "FAIL"))]
+    assert len(checks) == 2 and not [line for line in checks if line.startswith("FAIL")], output[-5000:]

@@ -180,3 +180,26 @@ def test_countercurate_preset_trains(llava, records, tmp_path):
     trainer = CounterfactualTrainer(model=model, args=run, train_dataset=records_dataset(records), processing_class=processor)
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss/choice"])
+
+
+def test_recorded_pairs_are_scored_in_one_forward_with_the_same_terms(llava, records):
+    model, processor = llava
+    batch = CounterfactualCollator(processor, num_counterfactuals=2)(records)
+    objective = CounterfactualObjective(weights={"lm": 1.0, "csd": 0.5, "fcd": 0.5, "local": 1.0, "choice": 1.0})
+    torch.manual_seed(1)
+    lazy = objective(VLMScores(VLMScorer(model, processor, batch_size=4, score="loglik_mean"), batch["pixel_values"], batch["texts"]), batch)
+    calls = []
+    handle = model.register_forward_hook(lambda module, args, out: calls.append(1))
+    try:
+        scorer = VLMScorer(model, processor, batch_size=None, score="loglik_mean")
+        scores = VLMScores(scorer, batch["pixel_values"], batch["texts"])
+        recorder = VLMScores(scorer, None, batch["texts"])
+        torch.manual_seed(1)
+        with torch.random.fork_rng(devices=[]):
+            objective(recorder, batch)
+        scores.prefetch(recorder.asked)
+        once = objective(scores, batch)
+    finally:
+        handle.remove()
+    assert calls == [1]  # every pair of the step, all terms, in one language-model forward
+    assert once.keys() == lazy.keys() and all(once[k].item() == pytest.approx(lazy[k].item(), abs=1e-5) for k in once)
