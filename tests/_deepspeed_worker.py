@@ -29,7 +29,7 @@ import sys
 
 import datasets
 import torch
-from transformers import AutoProcessor, CLIPModel
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from hf_counterfactual import CounterfactualTrainer, CounterfactualTrainingArguments
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
@@ -56,6 +56,9 @@ def record_engines() -> list:
 
 def main() -> None:
     config, model_dir, output_dir = sys.argv[1:4]
+    from hf_counterfactual.commands.evaluate import is_generative
+
+    generative = is_generative(model_dir)
     config = None if config == "none" else config
     torch.set_num_threads(1)
     engines = []
@@ -78,8 +81,11 @@ def main() -> None:
         report_to="none",
         dataloader_num_workers=0,
         seed=0,
+        # A generative VLM (LLaVA) trains on the record-local terms and its captioning loss.
+        **({"objective": "cf-vlm-lm", "num_counterfactuals": 2} if generative else {}),
     )
-    model, processor = CLIPModel.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    auto = AutoModelForImageTextToText if generative else AutoModel
+    model, processor = auto.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
     records = [generate_record(i, "train", seed=0, image_size=32) for i in range(PER_DEVICE_BATCH * 2 * STEPS)]
     train = datasets.Dataset.from_list(records, features=COUNTERFACTUAL_FEATURES)
     trainer = CounterfactualTrainer(model=model, args=args, train_dataset=train, processing_class=processor)

@@ -170,3 +170,34 @@ def test_llava_trains_across_processes_like_one_process(subprocess_env, tmp_path
     output = run_command(TORCHRUN + ["tests/_vlm_ddp_worker.py", str(tmp_path / "out")], subprocess_env)
     checks = [line for line in output.splitlines() if line.startswith(("ok ", "FAIL"))]
     assert len(checks) == 2 and not [line for line in checks if line.startswith("FAIL")], output[-5000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_llava_checkpoint(tmp_path_factory) -> Path:
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_llava
+
+    path = tmp_path_factory.mktemp("tiny-llava")
+    model, processor = build_tiny_llava(SCENE_VOCABULARY)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_llava_under_deepspeed_zero3_matches_ddp(deepspeed_installed, tiny_llava_checkpoint, subprocess_env, tmp_path):
+    """ZeRO-3 partitions LLaVA's parameters; the image features are read inside the step's forward hooks."""
+    from transformers import LlavaForConditionalGeneration
+
+    from hf_counterfactual.commands.train import shipped_deepspeed_config
+
+    results = {}
+    for name, config in (("ddp", "none"), ("zero3", shipped_deepspeed_config("zero3"))):
+        output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path / name)], subprocess_env)
+        results[name] = result_line(output)
+    assert results["zero3"]["deepspeed_enabled"] and results["zero3"]["zero_stage"] == 3, results["zero3"]
+    assert len(results["zero3"]["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(results["zero3"]["losses"]), torch.tensor(results["ddp"]["losses"]), rtol=1e-4, atol=1e-5)
+    saved = LlavaForConditionalGeneration.from_pretrained(tmp_path / "zero3").state_dict()
+    expected = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ddp").state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-5)
