@@ -159,3 +159,16 @@ def test_llava_with_lora_is_saved_merged_as_a_plain_llava(tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(out)
     assert not any("lora_" in name for name in model.state_dict())
     assert not (out / "adapter_config.json").exists()
+
+
+def test_llava_lora_adapter_saved_unmerged_loads_with_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    out = tmp_path / "out"
+    train.main(["--model_type", "llava", "--use_lora", "--merge_lora", "False", "--output_dir", str(out),
+                "--cache_dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    base = LlavaForConditionalGeneration.from_pretrained(out / "pretrained-start")  # what the adapters were trained on
+    model = PeftModel.from_pretrained(base, out)
+    assert any("lora_" in name for name, _ in model.named_parameters())

@@ -95,6 +95,10 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated module names."})
+    merge_lora: bool = field(
+        default=True,
+        metadata={"help": "With --use_lora: save a plain model with the adapters merged (False: save the adapter, for PeftModel.from_pretrained)."},
+    )
     pretrain_epochs: float = field(
         default=8,
         metadata={
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer.train(resume_from_checkpoint=resume)
 
-    if model_args.use_lora:  # a plain CLIPModel on disk, loadable without peft
+    if model_args.use_lora and model_args.merge_lora:  # a plain model on disk, loadable without peft
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
     after = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
