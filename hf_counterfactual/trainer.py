@@ -50,7 +50,7 @@ class CounterfactualTrainer(Trainer):
                 f"CounterfactualTrainer trains dual encoders (CLIPModel, SiglipModel) and generative VLMs "
                 f"(LlavaForConditionalGeneration); {type(model).__name__} has no get_image_features"
             )
-        self.generative = not hasattr(model, "get_text_features")
+        self.generative = is_generative_model(model)
         self.objective.check(dense=not self.generative, model_name=_model_name(model))
         self._with_bias = has_logit_bias(model)
         if data_collator is None:
@@ -163,6 +163,11 @@ class CounterfactualTrainer(Trainer):
             **({"benchmark": benchmark} if benchmark else {}),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def is_generative_model(model) -> bool:
+    """A generative VLM (image features, no text features: LLaVA) rather than a dual encoder."""
+    return not hasattr(model, "get_text_features")
 
 
 def _model_name(model) -> str:

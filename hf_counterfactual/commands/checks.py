@@ -22,7 +22,9 @@ def check_pretrained(name: str | None, flag: str, *, marker: str = "config.json"
         if not os.path.isfile(os.path.join(name, marker)):
             raise UsageError(f"{flag} {name}: the folder has no {marker}, so it is not a saved model{offline_hint}")
         return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a Hub id
+    from ..model_card import hub_id
+
+    if hub_id(name) is None:  # a path, not a Hub id
         raise UsageError(f"{flag} {name}: no such folder{offline_hint}")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

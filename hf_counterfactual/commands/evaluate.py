@@ -300,20 +300,22 @@ def chart_file_name(benchmark: str) -> str:
     return f"group_score_{benchmark}.png"
 
 
+def group_scores_per_subset(results: Mapping[str, Mapping]) -> dict[str, float]:
+    """``{subset: group score in %}`` of :func:`evaluate_benchmark` results (``all`` when there are no subsets)."""
+    subsets = [k for k in results if k not in ("all", "macro")] or ["all"]
+    return {k: 100 * results[k]["group_score"] for k in subsets}
+
+
 def write_charts(folder: str, all_results: Mapping[str, Mapping], baseline: Mapping[str, Mapping] | None = None) -> dict[str, str]:
     """One bar chart per benchmark in ``folder``: the group score per subset (edit kind), the baseline
     beside the model when there is one. Returns ``{benchmark: file name}``."""
     from ..figures import group_score_chart, save_figure
 
-    def per_subset(results: Mapping[str, Mapping]) -> dict[str, float]:
-        subsets = [k for k in results if k not in ("all", "macro")] or ["all"]
-        return {k: 100 * results[k]["group_score"] for k in subsets}
-
     written = {}
     for name, results in all_results.items():
-        before = per_subset(baseline[name]) if baseline else {}
+        before = group_scores_per_subset(baseline[name]) if baseline else {}
         title = f"{BENCHMARKS[name].title if name in BENCHMARKS else name}: group score per subset"
-        chart = group_score_chart(before, per_subset(results), title=title)
+        chart = group_score_chart(before, group_scores_per_subset(results), title=title)
         save_figure(chart, os.path.join(folder, chart_file_name(name)))
         written[name] = chart_file_name(name)
     return written

@@ -46,7 +46,7 @@ from ..distributed import full_parameters
 from ..features import defer_image_decoding
 from ..objectives import TERMS
 from ..scoring import DualEncoderScorer
-from ..trainer import CounterfactualTrainer
+from ..trainer import CounterfactualTrainer, is_generative_model
 from ..training_args import CounterfactualTrainingArguments
 from .arguments import UsageError, parse_arguments
 from .checks import check_pretrained
@@ -148,11 +148,6 @@ def load_data(data_args: DataArguments) -> datasets.DatasetDict:
     )
 
 
-def is_generative(model) -> bool:
-    """A generative VLM (image features, no text features: LLaVA) rather than a dual encoder."""
-    return not hasattr(model, "get_text_features")
-
-
 def load_model(model_args: ModelArguments, training_args: CounterfactualTrainingArguments, train: datasets.Dataset):
     if model_args.model_name_or_path is not None:
         from .evaluate import is_generative as is_generative_checkpoint
@@ -218,7 +213,7 @@ def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | No
     with full_parameters(model):
         if benchmark is None:
             return None
-        if is_generative(model):
+        if is_generative_model(model):
             from ..vlm_scoring import VLMScorer
 
             return evaluate_benchmark(VLMScorer(model, processor, score=vlm_score), benchmark)
@@ -364,9 +359,7 @@ def tiny_start(model_args: ModelArguments) -> str:
 def write_chart(output_dir: str, before: dict, after: dict) -> str:
     """The group score per edit kind, before and after, as ``output_dir/group_score_per_edit_kind.png``."""
     from ..figures import group_score_chart, save_figure
-
-    def per_kind(results: dict) -> dict[str, float]:
-        return {kind: 100 * scores["group_score"] for kind, scores in results.items() if kind not in ("all", "macro")}
+    from .evaluate import group_scores_per_subset as per_kind
 
     path = os.path.join(output_dir, CHART)
     save_figure(group_score_chart(per_kind(before), per_kind(after), title="group score per edit kind (test split)"), path)
