@@ -79,7 +79,7 @@ def main() -> None:
     # (a photo that occurs twice is one row of the cf-vlm batch, two of the clip batch).
     pair_images = torch.cat([cf["image_index"], cf["cf_image_index"].flatten()])
     clip = clip_batch(records, processor, cf["pixel_values"][pair_images])
-    cf, clip = ({name: t.to(device) for name, t in batch.items()} for batch in (cf, clip))
+    cf, clip = ({name: t.to(device) if torch.is_tensor(t) else t for name, t in batch.items()} for batch in (cf, clip))
 
     with tempfile.TemporaryDirectory() as tmp:
         training_args = CounterfactualTrainingArguments(
