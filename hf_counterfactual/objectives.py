@@ -15,6 +15,10 @@ scorer for, :mod:`hf_counterfactual.scoring`):
 - ``local``: record-local InfoNCE, ``S(Ia, Ta)`` against ``S(Ia, Tcf_k)`` and against ``S(Icf_j, Ta)``.
 - ``lm``: a generative VLM's language-model loss on the factual caption (mean token NLL given the
   image): CF-VLM's ``L_align`` for a model that has no contrastive alignment.
+- ``yesno``: CF-VLM's ``L_align`` as a generative classification: :data:`~hf_counterfactual.vlm_scoring.VQA_QUESTION`
+  about the factual image, answered ``Yes`` for its caption and ``No`` for each counterfactual
+  caption; the mean answer NLL of the ``Yes`` and of the ``No`` questions, averaged (balanced, so K
+  false captions per true one do not teach a prior for ``No``).
 - ``choice``: CounterCurate's multiple-choice training format for a generative VLM: for each
   complete counterfactual pair, the factual image and the edited image are each asked which of
   the two captions (in a random order) describes it; the loss is the NLL of the right letter.
@@ -52,13 +56,14 @@ import torch
 from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
 from .losses import record_local_contrastive_loss
+from .vlm_scoring import VQA_ANSWER, VQA_NO
 
-TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm", "choice")
+TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm", "yesno", "choice")
 #: What each term asks the scorer for: all-pairs scores ("dense"), a record's own pairs ("pairs"),
 #: or a generative model's caption likelihood ("generative").
 TERM_NEEDS = {
     "align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs", "lm": "generative",
-    "choice": "generative",
+    "yesno": "generative", "choice": "generative",
 }  # fmt: skip
 
 #: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
@@ -69,6 +74,8 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
     "cf-vlm": {"align": 1.0, "csd": 0.45, "fcd": 0.55},
     # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
     "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
+    # The same with L_align as generative classification: Yes for the factual caption, No for each counterfactual one.
+    "cf-vlm-yesno": {"yesno": 1.0, "csd": 0.45, "fcd": 0.55},
     "lm": {"lm": 1.0},  # a generative VLM's captioning loss alone (the tiny LLaVA's pre-training)
     "countercurate": {"choice": 1.0},  # CounterCurate's LLaVA fine-tuning: multiple choice, LM loss on the letter
 }
@@ -123,7 +130,7 @@ class CounterfactualObjective:
 
     @property
     def uses_counterfactual_texts(self) -> bool:
-        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local", "choice"))
+        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local", "yesno", "choice"))
 
     @property
     def uses_counterfactual_images(self) -> bool:
@@ -155,6 +162,11 @@ class CounterfactualObjective:
             terms.update(self._dense_terms(scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid))
         if "lm" in needs:
             terms["lm"] = -scores.log_likelihood(image_index, text_index).mean()
+        if "yesno" in needs:
+            yes = scores.answer_nll(image_index, text_index, VQA_ANSWER)
+            b, k = cf_text_valid.nonzero(as_tuple=True)
+            no = scores.answer_nll(image_index[b], cf_texts[b, k], VQA_NO)
+            terms["yesno"] = (yes.mean() + no.mean()) / 2 if len(no) else yes.mean()
         if "choice" in needs:
             b, k = (cf_image_valid & cf_text_valid).nonzero(as_tuple=True)
             images = torch.cat([image_index[b], cf_images[b, k]])  # each pair's factual and edited image

@@ -34,6 +34,10 @@ class CounterfactualTrainingArguments(TrainingArguments):
     lm_weight: float | None = field(
         default=None, metadata={"help": "Generative VLMs: weight of the language-model loss on the factual caption (L_align for LLaVA)."}
     )
+    yesno_weight: float | None = field(
+        default=None,
+        metadata={"help": "Generative VLMs: weight of the Yes/No classification loss (Yes for the factual caption, No for each counterfactual one)."},
+    )
     choice_weight: float | None = field(
         default=None, metadata={"help": "Generative VLMs: weight of CounterCurate's multiple-choice loss (the right letter's NLL)."}
     )
@@ -70,7 +74,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight", "choice_weight"):
+        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight", "yesno_weight", "choice_weight"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.num_counterfactuals < 0:
@@ -99,6 +103,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
             "fcd": self.fcd_weight,
             "local": self.local_weight,
             "lm": self.lm_weight,
+            "yesno": self.yesno_weight,
             "choice": self.choice_weight,
         }
         return CounterfactualObjective.from_preset(

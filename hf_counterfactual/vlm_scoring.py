@@ -33,6 +33,7 @@ PAIR_SCORES = SCORES[:-1]  # a score of one (image, caption) pair: what training
 CAPTION_QUESTION = "Write a caption for the image."
 VQA_QUESTION = 'Does this figure show "{caption}"? Please answer yes or no.'
 VQA_ANSWER = "Yes"
+VQA_NO = "No"  # the answer the generative-classification term ``yesno`` trains on for a false caption
 CHOICE_QUESTION = "Which of the following captions best describes the image?\n{options}\nAnswer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -242,6 +243,17 @@ class VLMScores:
         """Mean log-probability per token of each text as the image's caption (``loglik_mean``,
         whatever the training score is): what the language-model term ``lm`` maximises."""
         return self._scores_of("loglik_mean", image_index, text_index)
+
+    def answer_nll(self, image_index: torch.Tensor, text_index: torch.Tensor, answer: str) -> torch.Tensor:
+        """Mean NLL per token of ``answer`` to :data:`VQA_QUESTION` about each text and image (the
+        generative classification of the term ``yesno``: ``Yes`` for a true caption, ``No`` for a false one)."""
+        image_index, text_index = torch.broadcast_tensors(image_index, text_index)
+        keys = [("answer", i, j, answer) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
+
+        def request(key):
+            return self.scorer.prompt(VQA_QUESTION.format(caption=self.texts[key[2]])), self.scorer.answer(answer)
+
+        return -self._score(keys, request, "loglik_mean").view(image_index.shape)
 
     def choice_nll(self, image_index: torch.Tensor, correct: torch.Tensor, other: torch.Tensor, correct_first: torch.Tensor) -> torch.Tensor:
         """CounterCurate's multiple-choice loss: for each question, the image ``image_index``, the

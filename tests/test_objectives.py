@@ -212,7 +212,7 @@ def test_evaluation_scorer_gives_siglips_logits():
 
 def test_a_dense_term_on_a_pairs_only_model_is_a_start_up_error():
     objective = CounterfactualObjective(weights={"grouping": 1.0, "csd": 0.5})
-    with pytest.raises(ValueError, match=r"loss term\(s\) \['grouping'\] need all-pairs scores.*LlavaForConditionalGeneration.*\['csd', 'fcd', 'local', 'lm', 'choice'\]"):
+    with pytest.raises(ValueError, match=r"loss term\(s\) \['grouping'\] need all-pairs scores.*LlavaForConditionalGeneration.*\['csd', 'fcd', 'local', 'lm', 'yesno', 'choice'\]"):
         objective.check(dense=False, model_name="LlavaForConditionalGeneration")
     CounterfactualObjective(weights={"csd": 1.0, "local": 1.0}).check(dense=False, model_name="LlavaForConditionalGeneration")
 

@@ -174,6 +174,54 @@ def test_choice_term_is_the_right_letters_nll_by_a_direct_forward(llava, records
     assert value == pytest.approx(sum(nlls) / len(nlls), abs=1e-4)
 
 
+def direct_answer_nll(model, processor, image, question: str, answer: str) -> float:
+    """Mean NLL of ``answer``'s tokens after ``question`` about ``image``, by one plain forward through the processor."""
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+                                           add_generation_prompt=True, tokenize=False)  # fmt: skip
+    answer_ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([answer_ids])], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(**inputs).logits[0], -1)
+    start = inputs["input_ids"].shape[1] - len(answer_ids) - 1  # the position predicting the first answer token
+    return -sum(logprobs[start + t, a].item() for t, a in enumerate(answer_ids)) / len(answer_ids)
+
+
+def test_yesno_term_is_the_balanced_yes_and_no_nll_by_a_direct_forward(llava, records):
+    from hf_counterfactual.vlm_scoring import VQA_QUESTION
+
+    model, processor = llava
+    batch = CounterfactualCollator(processor, num_counterfactuals=2)(records)
+    scores = VLMScores(VLMScorer(model, processor, score="loglik_mean"), batch["pixel_values"], batch["texts"])
+    with torch.no_grad():
+        value = CounterfactualObjective(weights={"yesno": 1.0})(scores, batch)["yesno"].item()
+    yes, no = [], []
+    for b, record in enumerate(records):
+        image = record["image"]
+        yes.append(direct_answer_nll(model, processor, image, VQA_QUESTION.format(caption=record["caption"]), "Yes"))
+        for j in batch["cf_text_index"][b].tolist():
+            if j >= 0:
+                no.append(direct_answer_nll(model, processor, image, VQA_QUESTION.format(caption=batch["texts"][j]), "No"))
+    assert len(no) == 2 * len(records)  # K=2 counterfactual captions each
+    assert value == pytest.approx((sum(yes) / len(yes) + sum(no) / len(no)) / 2, abs=1e-4)
+    assert abs(sum(yes) / len(yes) - sum(no) / len(no)) > 1e-3  # the two halves differ, so a swapped answer would fail
+
+
+def test_yesno_preset_trains_and_is_refused_on_a_dual_encoder(llava, records, tmp_path):
+    from dummy_components import get_dummy_components
+
+    model, processor = llava
+    run = args(tmp_path, objective="cf-vlm-yesno", local_weight=None, align_weight=None, max_steps=1)
+    trainer = CounterfactualTrainer(model=model, args=run, train_dataset=records_dataset(records), processing_class=processor)
+    trainer.train()
+    assert {"loss/yesno", "loss/csd", "loss/fcd"} <= set(trainer.state.log_history[0])
+    clip, clip_processor, clip_records = get_dummy_components(num_records=2)
+    with pytest.raises(ValueError, match=r"\['yesno'\] need a generative model"):
+        CounterfactualTrainer(model=clip, args=args(tmp_path, objective="cf-vlm-yesno", local_weight=None, align_weight=None),
+                              train_dataset=records_dataset(clip_records), processing_class=clip_processor)  # fmt: skip
+
+
 def test_countercurate_preset_trains(llava, records, tmp_path):
     model, processor = llava
     run = args(tmp_path, objective="countercurate", local_weight=None, align_weight=None, max_steps=1)
@@ -185,7 +233,7 @@ def test_countercurate_preset_trains(llava, records, tmp_path):
 def test_recorded_pairs_are_scored_in_one_forward_with_the_same_terms(llava, records):
     model, processor = llava
     batch = CounterfactualCollator(processor, num_counterfactuals=2)(records)
-    objective = CounterfactualObjective(weights={"lm": 1.0, "csd": 0.5, "fcd": 0.5, "local": 1.0, "choice": 1.0})
+    objective = CounterfactualObjective(weights={"lm": 1.0, "csd": 0.5, "fcd": 0.5, "local": 1.0, "yesno": 1.0, "choice": 1.0})
     torch.manual_seed(1)
     lazy = objective(VLMScores(VLMScorer(model, processor, batch_size=4, score="loglik_mean"), batch["pixel_values"], batch["texts"]), batch)
     calls = []
