@@ -1,12 +1,13 @@
 """A few ``CounterfactualTrainer`` steps under DeepSpeed on CPU; run by ``tests/test_distributed.py`` as
 
-    torchrun --standalone --nproc_per_node 2 tests/_deepspeed_worker.py CONFIG MODEL_DIR OUTPUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/_deepspeed_worker.py CONFIG MODEL_DIR OUTPUT_DIR [lora]
 
 CONFIG is a shipped DeepSpeed config (``hf_counterfactual/configs/deepspeed/zero{2,3}.json``, "auto" values filled
 from the training arguments) or ``none`` (plain DDP, the reference). The model and processor load
 from MODEL_DIR with ``from_pretrained`` (under ZeRO-3: partitioned, through ``zero.Init``), train
 for a few steps on procedural records, and are saved to OUTPUT_DIR with ``trainer.save_model()``.
-Rank 0 prints one ``RESULT {json}`` line (world size, ZeRO stage, logged losses).
+With ``lora``, PEFT LoRA adapters (q_proj, v_proj) train instead of all weights and
+OUTPUT_DIR holds the adapter. Rank 0 prints one ``RESULT {json}`` line (world size, ZeRO stage, logged losses).
 
 Two things are added to DeepSpeed runs, and why:
 
@@ -56,6 +57,7 @@ def record_engines() -> list:
 
 def main() -> None:
     config, model_dir, output_dir = sys.argv[1:4]
+    lora = sys.argv[4:5] == ["lora"]
     from hf_counterfactual.commands.evaluate import is_generative
 
     generative = is_generative(model_dir)
@@ -86,6 +88,12 @@ def main() -> None:
     )
     auto = AutoModelForImageTextToText if generative else AutoModel
     model, processor = auto.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        from transformers import set_seed
+
+        set_seed(0)  # the adapters' init: ZeRO-3's partitioned load draws from the generator, DDP's does not
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     records = [generate_record(i, "train", seed=0, image_size=32) for i in range(PER_DEVICE_BATCH * 2 * STEPS)]
     train = datasets.Dataset.from_list(records, features=COUNTERFACTUAL_FEATURES)
     trainer = CounterfactualTrainer(model=model, args=args, train_dataset=train, processing_class=processor)

@@ -184,20 +184,52 @@ def tiny_llava_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_llava_under_deepspeed_zero3_matches_ddp(deepspeed_installed, tiny_llava_checkpoint, subprocess_env, tmp_path):
+@pytest.fixture(scope="module")
+def llava_ddp_reference(tiny_llava_checkpoint, subprocess_env, tmp_path_factory) -> tuple[dict, Path]:
+    """The tiny LLaVA's steps without DeepSpeed (plain DDP on 2 processes)."""
+    output_dir = tmp_path_factory.mktemp("llava-ddp")
+    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", "none", str(tiny_llava_checkpoint), str(output_dir)], subprocess_env)
+    return result_line(output), output_dir
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_llava_under_deepspeed_zero_matches_ddp(deepspeed_installed, stage, tiny_llava_checkpoint, llava_ddp_reference, subprocess_env, tmp_path):
     """ZeRO-3 partitions LLaVA's parameters; the image features are read inside the step's forward hooks."""
     from transformers import LlavaForConditionalGeneration
 
     from hf_counterfactual.commands.train import shipped_deepspeed_config
 
-    results = {}
-    for name, config in (("ddp", "none"), ("zero3", shipped_deepspeed_config("zero3"))):
-        output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path / name)], subprocess_env)
-        results[name] = result_line(output)
-    assert results["zero3"]["deepspeed_enabled"] and results["zero3"]["zero_stage"] == 3, results["zero3"]
-    assert len(results["zero3"]["losses"]) == 3
-    torch.testing.assert_close(torch.tensor(results["zero3"]["losses"]), torch.tensor(results["ddp"]["losses"]), rtol=1e-4, atol=1e-5)
-    saved = LlavaForConditionalGeneration.from_pretrained(tmp_path / "zero3").state_dict()
-    expected = LlavaForConditionalGeneration.from_pretrained(tmp_path / "ddp").state_dict()
+    reference, reference_dir = llava_ddp_reference
+    config = shipped_deepspeed_config(f"zero{stage}")
+    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path)], subprocess_env)
+    result = result_line(output)
+    assert result["deepspeed_enabled"] and result["zero_stage"] == stage, result
+    assert len(result["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(reference["losses"]), rtol=1e-4, atol=1e-5)
+    saved = LlavaForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+    expected = LlavaForConditionalGeneration.from_pretrained(reference_dir).state_dict()
     for key, value in expected.items():
         torch.testing.assert_close(saved[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_llava_lora_under_deepspeed_zero3_matches_ddp(deepspeed_installed, tiny_llava_checkpoint, subprocess_env, tmp_path):
+    """LoRA adapters on a ZeRO-3-partitioned LLaVA: DDP's losses and adapter, saved for PeftModel.from_pretrained."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    from hf_counterfactual.commands.train import shipped_deepspeed_config
+
+    results, adapters = {}, {}
+    for name, config in (("ddp", "none"), ("zero3", shipped_deepspeed_config("zero3"))):
+        worker = ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path / name), "lora"]
+        results[name] = result_line(run_command(TORCHRUN + worker, subprocess_env))
+        adapters[name] = load_file(tmp_path / name / "adapter_model.safetensors")
+    assert results["zero3"]["zero_stage"] == 3 and len(results["zero3"]["losses"]) == 3, results["zero3"]
+    torch.testing.assert_close(torch.tensor(results["zero3"]["losses"]), torch.tensor(results["ddp"]["losses"]), rtol=1e-4, atol=1e-5)
+    assert adapters["zero3"].keys() == adapters["ddp"].keys()
+    assert max(v.abs().max().item() for k, v in adapters["ddp"].items() if "lora_B" in k) > 1e-4  # trained (B starts at 0)
+    for key, value in adapters["ddp"].items():
+        torch.testing.assert_close(adapters["zero3"][key], value, rtol=1e-3, atol=1e-6, msg=lambda m: f"{key}: {m}")
+    loaded = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(tiny_llava_checkpoint), tmp_path / "zero3")
+    assert any("lora_B" in name for name, _ in loaded.named_parameters())

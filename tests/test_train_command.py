@@ -155,7 +155,7 @@ def test_llava_with_lora_is_saved_merged_as_a_plain_llava(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     out = tmp_path / "out"
-    train.main(["--model_type", "llava", "--use_lora", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
+    train.main(["--model_type", "llava", "--use_peft", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL])
     model = LlavaForConditionalGeneration.from_pretrained(out)
     assert not any("lora_" in name for name in model.state_dict())
     assert not (out / "adapter_config.json").exists()
@@ -166,7 +166,7 @@ def test_llava_lora_adapter_saved_unmerged_loads_with_peft(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     out = tmp_path / "out"
-    train.main(["--model_type", "llava", "--use_lora", "--merge_lora", "False", "--output_dir", str(out),
+    train.main(["--model_type", "llava", "--use_peft", "--merge_lora", "False", "--output_dir", str(out),
                 "--cache_dir", str(tmp_path / "cache"), *SMALL])  # fmt: skip
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     base = LlavaForConditionalGeneration.from_pretrained(out / "pretrained-start")  # what the adapters were trained on

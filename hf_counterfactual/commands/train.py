@@ -23,7 +23,7 @@ Resume an interrupted run with ``--resume_from_checkpoint last`` (the newest com
 ``--output_dir``) or a checkpoint folder.
 
 DeepSpeed: ``--deepspeed zero2`` (or ``zero3``: the configs shipped in
-``hf_counterfactual/configs/deepspeed``, or a path to your own). LoRA: ``--use_lora`` (the adapters
+``hf_counterfactual/configs/deepspeed``, or a path to your own). LoRA: ``--use_peft`` (the adapters
 are merged before saving, so the result loads with plain ``from_pretrained``).
 """
 
@@ -91,13 +91,14 @@ class ModelArguments:
         metadata={"help": "Without --model_name_or_path: the tiny model to build (clip, siglip or llava).", "choices": list(TINY_BUILDERS)},
     )
     image_size: int = field(default=32, metadata={"help": "Image size of the tiny default model."})
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (PEFT) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated module names."})
     merge_lora: bool = field(
         default=True,
-        metadata={"help": "With --use_lora: save a plain model with the adapters merged (False: save the adapter, for PeftModel.from_pretrained)."},
+        metadata={"help": "With --use_peft: save a plain model with the adapters merged (False: save the adapter, for PeftModel.from_pretrained)."},
     )
     pretrain_epochs: float = field(
         default=8,
@@ -299,10 +300,10 @@ def main(argv: list[str] | None = None) -> dict:
     # The collator decodes the images, so a corrupt one is an error naming its batch item and field.
     train = defer_image_decoding(train)
     model, processor = load_model(model_args, training_args, train)
-    if model_args.use_lora:
+    if model_args.use_peft:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, target_modules=model_args.lora_target_modules.split(","))
+        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, target_modules=model_args.lora_target_modules.split(","))
         model = get_peft_model(model, lora)
 
     trainer = CounterfactualTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer.train(resume_from_checkpoint=resume)
 
-    if model_args.use_lora and model_args.merge_lora:  # a plain model on disk, loadable without peft
+    if model_args.use_peft and model_args.merge_lora:  # a plain model on disk, loadable without peft
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
     after = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
