@@ -20,7 +20,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
     objective: str = field(
         default="grouping",
         metadata={
-            "help": f"Loss preset, one of {list(OBJECTIVE_PRESETS)} (grouping: best in the README's ablation).",
+            "help": f"Loss preset, one of {list(OBJECTIVE_PRESETS)} (grouping: best in the README's ablation; hf-cf train picks cf-vlm-lm for a generative VLM).",
             "choices": list(OBJECTIVE_PRESETS),
         },
     )

@@ -58,9 +58,9 @@ def record_engines() -> list:
 def main() -> None:
     config, model_dir, output_dir = sys.argv[1:4]
     lora = sys.argv[4:5] == ["lora"]
-    from hf_counterfactual.commands.evaluate import is_generative
+    from hf_counterfactual.commands.checks import is_generative_checkpoint
 
-    generative = is_generative(model_dir)
+    generative = is_generative_checkpoint(model_dir)
     config = None if config == "none" else config
     torch.set_num_threads(1)
     engines = []

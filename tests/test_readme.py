@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -42,7 +43,7 @@ def hf_cf_argv(command: str) -> tuple[str, list[str]] | None:
     if words[:2] == ["-m", "hf_counterfactual.cli"] or words[:1] == ["hf-cf"]:
         words = words[2:] if words[0] == "-m" else words[1:]
         return words[0], words[1:]
-    for script, name in (("examples/run_cf_clip.py", "train"), ("examples/evaluate_compositionality.py", "evaluate"),
+    for script, name in (("examples/run_cf_clip.py", "train"), ("examples/run_cf_llava.py", "train"), ("examples/evaluate_compositionality.py", "evaluate"),
                          ("dataset_scripts/cf_coco.py", "cf_coco"), ("dataset_scripts/procedural_scenes.py", "procedural_scenes")):  # fmt: skip
         if script in words:
             return name, words[words.index(script) + 1 :]
@@ -79,7 +80,10 @@ def test_every_readme_command_parses():
             found = hf_cf_argv(command)
             if found is None or found[0] in ("configs", "--version"):
                 continue
-            parse(*found)  # an unknown flag or a bad value raises (argparse exits)
+            name, argv = found
+            if "--bf16" in argv and not torch.cuda.is_available():
+                argv = [*argv, "--use_cpu", "True"]  # a GPU command: TrainingArguments refuses bf16 without one
+            parse(name, argv)  # an unknown flag or a bad value raises (argparse exits)
             seen.add(found[0])
     assert {"generate", "train", "evaluate", "cf_coco", "procedural_scenes"} <= seen
 

@@ -38,6 +38,33 @@ def test_embedded_defaults_do_not_apply_to_real_checkpoints():
     assert training_args.learning_rate == train.EMBEDDED_DEFAULTS["learning_rate"]
 
 
+def test_a_generative_checkpoint_defaults_to_cf_vlm_lm(tmp_path):
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_clip, build_tiny_llava
+
+    for name, build in (("llava", build_tiny_llava), ("clip", build_tiny_clip)):
+        model, processor = build(SCENE_VOCABULARY)
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    objective = lambda *argv: train.parse_args([*argv, "--output_dir", "x"])[2].objective  # noqa: E731
+    assert objective("--model_name_or_path", str(tmp_path / "llava")) == "cf-vlm-lm"  # grouping would be refused
+    assert objective("--model_name_or_path", str(tmp_path / "llava"), "--objective", "countercurate") == "countercurate"
+    assert objective("--model_name_or_path", str(tmp_path / "clip")) == "grouping"
+    assert objective("--model_name_or_path", "no/such-model") == "grouping"  # check_pretrained names it in main
+
+
+def test_run_cf_llava_script_defaults_to_the_tiny_llava(monkeypatch):
+    seen = []
+    monkeypatch.setattr("hf_counterfactual.cli.main", lambda argv: seen.append(argv) or 0)
+    for argv in ([], ["--model_type", "siglip"]):
+        monkeypatch.setattr("sys.argv", ["run_cf_llava.py", *argv])
+        with pytest.raises(SystemExit):
+            runpy.run_path(str(Path(__file__).parents[1] / "examples" / "run_cf_llava.py"), run_name="__main__")
+    assert seen == [["train", "--model_type", "llava"], ["train", "--model_type", "siglip"]]
+    model_args, _, training_args = train.parse_args(seen[0][1:])
+    assert model_args.model_type == "llava" and training_args.objective == "cf-vlm-lm"
+
+
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match=r"--test_split 'validation'.*splits are \['test', 'test_heldout_style', 'train'\]"):
         train.main(["--output_dir", str(tmp_path / "o"), "--num_train_scenes", "8", "--num_test_scenes", "4",

@@ -49,3 +49,11 @@ def check_spacy_pipeline(name: str, flag: str = "--spacy_pipeline") -> str:
         return resolve_spacy_pipeline(name, flag)
     except (OSError, ImportError) as err:
         raise UsageError(str(err)) from None
+
+
+def is_generative_checkpoint(model_name: str) -> bool:
+    """Whether ``model_name`` is a generative VLM (image-text-to-text, e.g. LLaVA) rather than a dual encoder."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name)
+    return any(name.endswith("ForConditionalGeneration") for name in config.architectures or []) or config.model_type in ("llava", "llava_next")

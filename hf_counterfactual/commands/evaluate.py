@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from ..benchmarks.core import MatchingBenchmark, evaluate_benchmark, format_results
 from .arguments import UsageError, parse_arguments
-from .checks import check_pretrained, check_spacy_pipeline
+from .checks import check_pretrained, check_spacy_pipeline, is_generative_checkpoint
 from .data import load_split
 
 
@@ -236,7 +236,7 @@ def check_arguments(args: EvaluationArguments) -> list[str]:
 
     if args.score is not None and args.score not in SCORES:
         raise UsageError(f"--score {args.score}: choose from {', '.join(SCORES)}")
-    if args.score is not None and not is_generative(args.model_name_or_path):
+    if args.score is not None and not is_generative_checkpoint(args.model_name_or_path):
         name = args.model_name_or_path
         raise UsageError(f"--score {args.score}: {name} is a dual encoder, which scores scale * cosine + bias; --score is for generative VLMs")
     return list(dict.fromkeys(names))
@@ -264,14 +264,6 @@ def _json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def is_generative(model_name: str) -> bool:
-    """Whether ``model_name`` is a generative VLM (image-text-to-text, e.g. LLaVA) rather than a dual encoder."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_name)
-    return any(name.endswith("ForConditionalGeneration") for name in config.architectures or []) or config.model_type in ("llava", "llava_next")
-
-
 def load_scorer(model_name: str, args: EvaluationArguments):
     """The scorer of ``model_name``: :class:`~hf_counterfactual.vlm_scoring.VLMScorer` for a generative
     VLM, :class:`~hf_counterfactual.scoring.DualEncoderScorer` for a dual encoder."""
@@ -280,7 +272,7 @@ def load_scorer(model_name: str, args: EvaluationArguments):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(model_name)
-    if is_generative(model_name):
+    if is_generative_checkpoint(model_name):
         from ..vlm_scoring import VLMScorer
 
         model = AutoModelForImageTextToText.from_pretrained(model_name).to(device)

@@ -49,7 +49,7 @@ from ..scoring import DualEncoderScorer
 from ..trainer import CounterfactualTrainer, is_generative_model
 from ..training_args import CounterfactualTrainingArguments
 from .arguments import UsageError, parse_arguments
-from .checks import check_pretrained
+from .checks import check_pretrained, is_generative_checkpoint
 from .data import load_dataset_dict, select_split
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,6 @@ def load_data(data_args: DataArguments) -> datasets.DatasetDict:
 
 def load_model(model_args: ModelArguments, training_args: CounterfactualTrainingArguments, train: datasets.Dataset):
     if model_args.model_name_or_path is not None:
-        from .evaluate import is_generative as is_generative_checkpoint
-
         auto = AutoModelForImageTextToText if is_generative_checkpoint(model_args.model_name_or_path) else AutoModel
         return auto.from_pretrained(model_args.model_name_or_path), AutoProcessor.from_pretrained(model_args.model_name_or_path)
     from .. import tiny_models
@@ -229,11 +227,17 @@ LLAVA_EMBEDDED_DEFAULTS = dict(EMBEDDED_DEFAULTS, output_dir="outputs/cf-llava-t
 
 
 def embedded_defaults(parsed: tuple) -> dict:
-    """The defaults that replace the arguments' own when no checkpoint is named."""
+    """The defaults that replace the arguments' own: :data:`EMBEDDED_DEFAULTS` (or the LLaVA ones)
+    when no checkpoint is named; for a generative VLM checkpoint the objective ``cf-vlm-lm``, since the
+    default ``grouping`` needs a dual encoder's all-pairs scores."""
     model_args = parsed[0]
-    if model_args.model_name_or_path is not None:
+    if model_args.model_name_or_path is None:
+        return LLAVA_EMBEDDED_DEFAULTS if model_args.model_type == "llava" else EMBEDDED_DEFAULTS
+    try:
+        generative = is_generative_checkpoint(model_args.model_name_or_path)
+    except (OSError, ValueError):  # not loadable: check_pretrained reports it in one line, before any work
         return {}
-    return LLAVA_EMBEDDED_DEFAULTS if model_args.model_type == "llava" else EMBEDDED_DEFAULTS
+    return {"objective": "cf-vlm-lm"} if generative else {}
 
 
 def shipped_deepspeed_config(value: str) -> str:
