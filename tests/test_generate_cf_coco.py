@@ -286,3 +286,23 @@ def test_any_image_caption_dataset_through_the_grounding_path(coco, tmp_path):
     with pytest.raises(ValueError, match=r"column\(s\) \['caption'\] not in the dataset"):
         generate.main(["--dataset_name", str(tmp_path / "flickr-like"), "--split", "test", "--image_column", "img",
                                "--output_dir", str(tmp_path / "o2")])  # fmt: skip
+
+
+def test_dataset_name_reads_what_hf_cf_train_reads(tmp_path):
+    """--dataset_name takes a save_to_disk folder and a single file as well as a load_dataset source,
+    with --dataset_config_name, and a missing split names the splits there are."""
+    import datasets
+    from PIL import Image
+
+    from hf_counterfactual.commands.arguments import UsageError
+
+    image = Image.new("RGB", (8, 8), "red")
+    source = datasets.DatasetDict({"test": datasets.Dataset.from_dict({"image": [image, image], "caption": ["a red square", "a red box"]})})
+    source.save_to_disk(str(tmp_path / "disk"))
+    source["test"].to_parquet(str(tmp_path / "one.parquet"))
+    for name, split in ((tmp_path / "disk", "test"), (tmp_path / "one.parquet", "anything: one table")):
+        args = generate.GenerationArguments(dataset_name=str(name), split=split, output_dir=str(tmp_path / "o"))
+        items, described = generate.read_inputs(args)
+        assert len(items) == 2 and items[1].captions == ["a red box"] and str(tmp_path) not in described["source"]
+    with pytest.raises(UsageError, match=r"--dataset_name .*'train': the dataset has no such split; its splits are \['test'\]"):
+        generate.read_inputs(generate.GenerationArguments(dataset_name=str(tmp_path / "disk"), split="train", output_dir=str(tmp_path / "o")))

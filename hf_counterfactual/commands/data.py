@@ -36,9 +36,12 @@ def is_single_split(source: str) -> bool:
     return os.path.isfile(source) or os.path.isfile(os.path.join(source, "state.json"))
 
 
-def load_split(source: str, split: str, flag: str, cache_dir: str | None = None, records: bool = False) -> datasets.Dataset:
-    """Split ``split`` of ``source`` (a single-table source is that table, whatever ``split`` says)."""
-    raw = load_dataset_dict(source, flag, cache_dir=cache_dir)
+def load_split(
+    source: str, split: str, flag: str, cache_dir: str | None = None, records: bool = False, config_name: str | None = None
+) -> datasets.Dataset:
+    """Split ``split`` of ``source``, read by :func:`load_dataset_dict` (a single-table source is that
+    table, whatever ``split`` says); with ``records`` its first rows are checked as records."""
+    raw = load_dataset_dict(source, flag, config_name, cache_dir)
     name = next(iter(raw)) if is_single_split(source) else split
     return select_split(raw, name, f"{flag} {source}: split", records=records)
 

@@ -58,6 +58,7 @@ from ..generation.writer import PROGRESS_DIR
 from ..model_card import hub_id
 from .arguments import UsageError, parse_arguments
 from .checks import TINY, check_pretrained, check_spacy_pipeline
+from .data import load_split
 
 logger = logging.getLogger(__name__)
 
@@ -278,12 +279,7 @@ def read_inputs(args: GenerationArguments) -> tuple[Sequence[FactualItem], dict]
             if coco.is_coco:
                 licence = "COCO annotations are CC BY 4.0 (cocodataset.org/#termsofuse). " + licence
             return coco.items, {"source": source, "licence": licence, "annotated": coco.items[0].instances is not None}
-        from datasets import load_dataset
-
-        try:
-            dataset = load_dataset(args.dataset_name, args.dataset_config_name, split=args.split)
-        except (FileNotFoundError, ConnectionError, ValueError) as err:
-            raise UsageError(f"--dataset_name {args.dataset_name} (--split {args.split}): cannot be loaded ({str(err).splitlines()[0]})") from None
+        dataset = load_split(args.dataset_name, args.split, "--dataset_name", config_name=args.dataset_config_name)
         if args.max_images is not None:
             dataset = dataset.select(range(min(args.max_images, len(dataset))))
         name = hub_id(args.dataset_name)
