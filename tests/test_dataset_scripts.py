@@ -48,6 +48,17 @@ def test_procedural_scenes_both_configs_load_as_the_builder_makes_them(tmp_path,
     assert recording_hub == [("create_repo", "org/procedural-scenes"), ("upload_folder", "org/procedural-scenes", ["README.md", "default", "winoground"])]
     assert not list(tmp_path.glob(".building-*"))
 
+    # hf-cf evaluate reads a named configuration of it; the other configuration is not records, and says so.
+    from dummy_components import save_tiny_clip
+    from hf_counterfactual.commands import UsageError, evaluate
+
+    model = save_tiny_clip(tmp_path / "clip")
+    flags = ["--model_name_or_path", model, "--benchmarks", "records", "--records_dataset", str(out), "--cache_dir", cache, "--no_progress"]
+    results = evaluate.main([*flags, "--records_config_name", "default"])["records"]
+    assert results["all"]["count"] >= 4
+    with pytest.raises(UsageError, match=r"split 'test' is not a dataset of counterfactual records \(columns \['id', 'image_0'"):
+        evaluate.main([*flags, "--records_config_name", "winoground"])
+
 
 def test_cf_coco_builds_every_split_into_one_folder_and_pushes_once(tmp_path, recording_hub):
     coco = write_coco_photos(tmp_path / "coco", "val")

@@ -80,6 +80,7 @@ class EvaluationArguments:
     scene_seed: int = field(default=0, metadata={"help": "procedural: dataset seed."})
     records_dataset: str | None = field(default=None, metadata={"help": "records: a dataset of counterfactual records (folder or Hub id)."})
     records_split: str = field(default="test", metadata={"help": "records: the split to evaluate."})
+    records_config_name: str | None = field(default=None, metadata={"help": "records: the dataset's configuration name."})
     winoground: str | None = field(default=None, metadata={"help": "winoground: Hub id, save_to_disk folder or Parquet/JSON file."})
     winoground_split: str = field(default="test", metadata={"help": "winoground: split to evaluate."})
     sugarcrepe_dir: str | None = field(default=None, metadata={"help": "sugarcrepe: folder of the SugarCrepe JSON files."})
@@ -125,7 +126,10 @@ def _procedural(args: EvaluationArguments) -> MatchingBenchmark:
 def _records(args: EvaluationArguments) -> MatchingBenchmark:
     from ..benchmarks.counterfactual import counterfactual_records_benchmark
 
-    return counterfactual_records_benchmark(load_split(args.records_dataset, args.records_split, "--records_dataset", args.cache_dir, records=True), name="records")
+    records = load_split(
+        args.records_dataset, args.records_split, "--records_dataset", args.cache_dir, records=True, config_name=args.records_config_name
+    )
+    return counterfactual_records_benchmark(records, name="records")
 
 
 def _winoground(args: EvaluationArguments) -> MatchingBenchmark:
