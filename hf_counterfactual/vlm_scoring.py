@@ -125,13 +125,17 @@ class VLMScorer:
         left = self.tokenizer.padding_side == "left"
         ids = torch.full((len(rows), length), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
-        spans = []
+        keep = torch.zeros((len(rows), length), dtype=torch.bool)  # the positions whose logits are used
+        counts = []
         for r, (_, prompt, answer) in enumerate(rows):
             sequence = prompt + answer
             offset = length - len(sequence) if left else 0
             ids[r, offset : offset + len(sequence)] = torch.tensor(sequence)
             mask[r, offset : offset + len(sequence)] = 1
-            spans.append((offset + len(prompt) - 1, len(answer) + 1))  # positions predicting answer[0] .. after it
+            first = offset + len(prompt) - 1  # positions predicting answer[0] .. after it
+            count = min(len(answer) + 1, length - first)  # the position after the last token only exists if padded
+            keep[r, first : first + count] = True
+            counts.append(count)
         # Positions count real tokens only: left padding must not shift a row's positions.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         image_outputs = BaseModelOutputWithPooling(pooler_output=[features[image] for image, _, _ in rows])
@@ -140,12 +144,11 @@ class VLMScorer:
             attention_mask=mask.to(self.device),
             position_ids=position_ids.to(self.device),
             mm_encoder_outputs={"image": image_outputs},
+            # The LM head only where scored ([sum(counts), vocab], rows in order): LLaVA-1.5's rows hold
+            # 576 image tokens, whose logits over a 32k vocabulary would be most of the forward's memory.
+            logits_to_keep=keep.to(self.device),
         ).logits
-        result = []
-        for r, (first, count) in enumerate(spans):
-            count = min(count, length - first)  # the position after the last token only exists if padded
-            result.append(torch.log_softmax(logits[r, first : first + count].float(), dim=-1))
-        return result
+        return list(torch.log_softmax(logits.float(), dim=-1).split(counts))  # one call, not one per row
 
     # ---------------------------------------------------------------------------------- scores
 
@@ -183,9 +186,7 @@ class VLMScorer:
             texts = groups[g][1]
             if self.method == "choice":  # column: the order; add each caption's letter probability
                 letters, order = self._letters(len(texts)), _cyclic_orders(len(texts))[column]
-                probs = rows[0].exp()
-                for k, j in enumerate(order):
-                    grids[g][i, j] += probs[letters[k]] / len(texts)
+                grids[g][i, order] += rows[0].exp()[letters] / len(texts)  # one indexed add, not one per letter
             else:
                 answer = torch.tensor(answer)
                 grids[g][i, column] = _reduce(self.method, rows[: len(answer)].gather(1, answer.unsqueeze(1)).squeeze(1))
