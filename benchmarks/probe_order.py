@@ -24,6 +24,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+from linear_probe import probe_accuracy  # benchmarks/linear_probe.py
 from transformers import AutoProcessor, CLIPModel
 
 from hf_counterfactual.scenes import describe, mirror_left_right, render_scene, sample_scene, swap_rows
@@ -60,24 +61,6 @@ def representations(model, processor, scenes, image_size: int) -> dict[str, torc
     reps["text embedding"] = model.text_projection(text.pooler_output)
     reps["text tokens, last layer"] = (text.last_hidden_state * texts["attention_mask"][..., None]).flatten(1)
     return reps
-
-
-def probe_accuracy(train_x, train_y, test_x, test_y, steps: int = 300, weight_decay: float = 1e-3) -> float:
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    weight = torch.zeros(train_x.shape[1], requires_grad=True)
-    bias = torch.zeros((), requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(train_x @ weight + bias, train_y) + weight_decay * weight.square().sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        return float(((test_x @ weight + bias > 0).float() == test_y).float().mean())
 
 
 def main() -> None:

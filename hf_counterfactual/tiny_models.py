@@ -427,7 +427,7 @@ def build_tiny_llava(words: Iterable[str], image_size: int = 32, seed: int = 0, 
     )  # fmt: skip
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-2,
+        vision_feature_select_strategy="default", vision_feature_layer=-1,  # -2 of a 2-layer tower would leave its second layer untrained
     )  # fmt: skip
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(
