@@ -105,3 +105,34 @@ def test_groups_batched_together_score_as_each_alone(llava, images, score):
     benchmark = counterfactual_records_benchmark(test, name="t")
     one_at_a_time = evaluate_benchmark(lambda images, texts: scorer(images, texts).numpy(), benchmark)
     assert evaluate_benchmark(scorer, benchmark) == one_at_a_time
+
+
+@pytest.mark.parametrize("score", ["loglik_mean", "vqascore"])
+def test_a_bfloat16_llava_scores_like_float32(images, score):
+    """What a GPU user loads: bfloat16 weights score as float32 does, up to bfloat16 rounding."""
+    import copy
+
+    model, processor = build_tiny_llava(SCENE_VOCABULARY)
+    full = VLMScorer(model, processor, score=score)(images, TEXTS)
+    half = VLMScorer(copy.deepcopy(model).to(torch.bfloat16), processor, score=score)(images, TEXTS)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, full, rtol=0.05, atol=0.05 * full.abs().max().item())
+
+
+def test_a_bf16_training_step_of_llava(tmp_path):
+    """--bf16 (autocast) on the tiny LLaVA: finite per-term losses and trained weights."""
+    from dummy_components import records_dataset
+
+    from hf_counterfactual import CounterfactualTrainer, CounterfactualTrainingArguments
+    from hf_counterfactual.scenes import generate_record
+
+    model, processor = build_tiny_llava(SCENE_VOCABULARY)
+    before = model.model.multi_modal_projector.linear_1.weight.clone()
+    args = CounterfactualTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to="none", save_strategy="no",
+                                           use_cpu=True, bf16=True, objective="cf-vlm-lm", num_counterfactuals=2, disable_tqdm=True)  # fmt: skip
+    records = [generate_record(i, "train", seed=0) for i in range(2)]
+    trainer = CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert all(torch.isfinite(torch.tensor(logged[f"loss/{term}"])) for term in ("lm", "csd", "fcd"))
+    assert not torch.equal(before, model.model.multi_modal_projector.linear_1.weight)
