@@ -27,7 +27,7 @@ OBJECTIVES = {
     "negclip": ["--objective", "negclip"],
     "grouping": ["--objective", "grouping"],
     "cf-vlm": ["--objective", "cf-vlm"],
-    "cf-vlm w/o csd": ["--objective", "cf-vlm", "--csd_weight", "0"],
+    "cf-vlm w/o csd": ["--objective", "cf-vlm", "--loss_weights", "csd=0"],
 }
 KINDS = ("attribute", "object", "count", "position", "relation")
 # Table title -> where hf-cf train's results hold that evaluation's {"before", "after"}.

@@ -1,7 +1,9 @@
 """Counterfactual objectives: from one step's scores and the collator's index tensors to named loss terms.
 
-Terms (each a pure loss in :mod:`hf_counterfactual.losses`, fed the scores it asks the step's
-scorer for, :mod:`hf_counterfactual.scoring`):
+Terms are registered (:func:`register_term`, :data:`TERMS`): each is a function of one :class:`Step`
+that returns its value, a pure loss of :mod:`hf_counterfactual.losses` fed the scores it asks the
+step's scorer for (:mod:`hf_counterfactual.scoring`), and declares what it needs. Adding a term is
+one registered function (and its test); presets and ``--loss_weights`` name it. The terms:
 
 - ``align``: symmetric InfoNCE on factual pairs (CLIP; CF-VLM's ``L_align``).
 - ``negclip``: InfoNCE whose image->text softmax also holds every counterfactual caption of the
@@ -23,7 +25,7 @@ scorer for, :mod:`hf_counterfactual.scoring`):
   complete counterfactual pair, the factual image and the edited image are each asked which of
   the two captions (in a random order) describes it; the loss is the NLL of the right letter.
 
-What a term needs (:data:`TERM_NEEDS`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
+What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
 ``pairs`` terms (``csd``, ``fcd``, ``local``) ask only for pairs of a record with its own
 counterfactuals, which any scorer gives (a generative VLM too). :meth:`CounterfactualObjective.check`
@@ -48,8 +50,11 @@ false-negative masking (every other column is a negative, as in CLIP).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -58,13 +63,50 @@ from .losses import clip_loss, counterfactual_separation_loss, fine_grained_disc
 from .losses import record_local_contrastive_loss
 from .vlm_scoring import VQA_ANSWER, VQA_NO
 
-TERMS = ("align", "negclip", "grouping", "csd", "fcd", "local", "lm", "yesno", "choice")
-#: What each term asks the scorer for: all-pairs scores ("dense"), a record's own pairs ("pairs"),
-#: or a generative model's caption likelihood ("generative").
-TERM_NEEDS = {
-    "align": "dense", "negclip": "dense", "grouping": "dense", "csd": "pairs", "fcd": "pairs", "local": "pairs", "lm": "generative",
-    "yesno": "generative", "choice": "generative",
-}  # fmt: skip
+NEEDS = ("dense", "pairs", "generative")
+
+
+@dataclass(frozen=True)
+class Term:
+    """A registered loss term.
+
+    Attributes:
+        name: what presets, ``--loss_weights`` and the logs (``loss/<name>``) call it.
+        needs: ``dense`` (all-pairs scores of a dual encoder), ``pairs`` (a record's own pairs, any
+            scorer) or ``generative`` (a generative VLM's answers or caption likelihood).
+        counterfactual_texts, counterfactual_images: whether it reads the records' counterfactual
+            captions / edited images (the collator encodes them only when some term does).
+        compute: ``compute(step) -> scalar`` for a :class:`Step`.
+    """
+
+    name: str
+    needs: str
+    counterfactual_texts: bool
+    counterfactual_images: bool
+    compute: Callable[["Step"], torch.Tensor]
+
+    @property
+    def description(self) -> str:
+        return (inspect.getdoc(self.compute) or "").split("\n")[0]
+
+
+#: Every registered term, in the order a step computes them.
+TERMS: dict[str, Term] = {}
+
+
+def register_term(name: str, needs: str, counterfactual_texts: bool = False, counterfactual_images: bool = False):
+    """Registers the decorated ``compute(step)`` as the loss term ``name`` (see :class:`Term`)."""
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
+
+    def decorator(compute: Callable[["Step"], torch.Tensor]):
+        if name in TERMS:
+            raise ValueError(f"a loss term {name!r} is registered already")
+        TERMS[name] = Term(name, needs, counterfactual_texts, counterfactual_images, compute)
+        return compute
+
+    return decorator
+
 
 #: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
 OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
@@ -81,9 +123,32 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+def parse_loss_weights(value: Mapping[str, float] | str | None) -> dict[str, float]:
+    """``--loss_weights``: a mapping, ``"csd=0,local=1"`` or a JSON object, as ``{term: weight}``."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f"loss_weights: expected term=weight[,term=weight...], got {value!r}")
+            try:
+                value = {term.strip(): float(weight) for term, weight in pairs}
+            except ValueError:
+                raise ValueError(f"loss_weights: a weight is not a number in {value!r}") from None
+    weights = {str(term): float(weight) for term, weight in dict(value).items()}
+    negative = {term: w for term, w in weights.items() if w < 0}
+    if negative:
+        raise ValueError(f"loss_weights must be >= 0, got {negative}")
+    return weights
+
+
 @dataclass
 class CounterfactualObjective:
-    """A weighted sum of named terms. Terms with weight 0 are neither computed nor encoded for.
+    """A weighted sum of registered terms. Terms with weight 0 are neither computed nor encoded for.
 
     Args:
         weights: ``{term: weight}`` over :data:`TERMS`.
@@ -105,43 +170,43 @@ class CounterfactualObjective:
             raise ValueError("every loss term has weight 0: nothing to train")
 
     @classmethod
-    def from_preset(cls, name: str, weight_overrides: Mapping[str, float | None] | None = None, **kwargs) -> "CounterfactualObjective":
-        """The preset ``name`` (:data:`OBJECTIVE_PRESETS`) with the non-``None`` weights of ``weight_overrides``."""
+    def from_preset(cls, name: str, loss_weights: Mapping[str, float] | str | None = None, **kwargs) -> "CounterfactualObjective":
+        """The preset ``name`` (:data:`OBJECTIVE_PRESETS`) with the weights of ``loss_weights``
+        (see :func:`parse_loss_weights`) replacing or joining the preset's."""
         if name not in OBJECTIVE_PRESETS:
             raise ValueError(f"unknown objective {name!r}; choose one of {list(OBJECTIVE_PRESETS)}")
-        weights = dict(OBJECTIVE_PRESETS[name])
-        weights.update({term: w for term, w in (weight_overrides or {}).items() if w is not None})
-        return cls(weights=weights, **kwargs)
+        return cls(weights={**OBJECTIVE_PRESETS[name], **parse_loss_weights(loss_weights)}, **kwargs)
 
     def check(self, dense: bool, model_name: str) -> None:
         """Raises at start-up when a term needs what the model's scorer cannot give: all-pairs
         scores (``dense`` terms) from a generative model, which scores one pair per forward, or a
         caption likelihood (``lm``) from a dual encoder."""
-        missing = [term for term in self.weights if TERM_NEEDS[term] == "dense" and not dense]
+        needs = {term: TERMS[term].needs for term in self.weights}
+        missing = [term for term, need in needs.items() if need == "dense" and not dense]
         if missing:
-            usable = [term for term, need in TERM_NEEDS.items() if need != "dense"]
+            usable = [term for term, t in TERMS.items() if t.needs != "dense"]
             raise ValueError(
                 f"loss term(s) {missing} need all-pairs scores of a dual encoder, which {model_name} does not give "
                 f"(it scores one pair per forward); use {usable}"
             )
-        generative = [term for term in self.weights if TERM_NEEDS[term] == "generative" and dense]
+        generative = [term for term, need in needs.items() if need == "generative" and dense]
         if generative:
             raise ValueError(f"loss term(s) {generative} need a generative model's caption likelihood; {model_name} is a dual encoder")
 
     @property
     def uses_counterfactual_texts(self) -> bool:
-        return any(term in self.weights for term in ("negclip", "grouping", "csd", "local", "yesno", "choice"))
+        return any(TERMS[term].counterfactual_texts for term in self.weights)
 
     @property
     def uses_counterfactual_images(self) -> bool:
-        return any(term in self.weights for term in ("grouping", "csd", "fcd", "local", "choice"))
+        return any(TERMS[term].counterfactual_images for term in self.weights)
 
     def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms returned by :meth:`__call__`."""
         return sum(self.weights[name] * value for name, value in terms.items())
 
     def __call__(self, scores, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Unweighted loss terms ``{name: scalar}`` for the terms with non-zero weight.
+        """Unweighted loss terms ``{name: scalar}`` for the terms with non-zero weight, in registry order.
 
         Args:
             scores: the step's scores (:class:`~hf_counterfactual.scoring.DualEncoderScores`, or any
@@ -151,116 +216,168 @@ class CounterfactualObjective:
                 content keys ``text_key`` / ``image_key``, which the contrastive terms gather to leave false
                 negatives out (see the module docstring); a batch without both keys is not masked.
         """
-        image_index, text_index = batch["image_index"], batch["text_index"]
-        cf_text_index, cf_image_index = batch["cf_text_index"], batch["cf_image_index"]
-        cf_text_valid, cf_image_valid = cf_text_index >= 0, cf_image_index >= 0
-        cf_texts, cf_images = cf_text_index.clamp(min=0), cf_image_index.clamp(min=0)  # masked where index < 0
-        needs = self.weights
+        step = Step(self, scores, batch)
+        return {name: term.compute(step) for name, term in TERMS.items() if name in self.weights}
 
-        terms: dict[str, torch.Tensor] = {}
-        if any(TERM_NEEDS[term] == "dense" for term in needs):
-            terms.update(self._dense_terms(scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid))
-        if "lm" in needs:
-            terms["lm"] = -scores.log_likelihood(image_index, text_index).mean()
-        if "yesno" in needs:
-            yes = scores.answer_nll(image_index, text_index, VQA_ANSWER)
-            b, k = cf_text_valid.nonzero(as_tuple=True)
-            no = scores.answer_nll(image_index[b], cf_texts[b, k], VQA_NO)
-            terms["yesno"] = (yes.mean() + no.mean()) / 2 if len(no) else yes.mean()
-        if "choice" in needs:
-            b, k = (cf_image_valid & cf_text_valid).nonzero(as_tuple=True)
-            images = torch.cat([image_index[b], cf_images[b, k]])  # each pair's factual and edited image
-            correct = torch.cat([text_index[b], cf_texts[b, k]])
-            other = torch.cat([cf_texts[b, k], text_index[b]])
-            correct_first = torch.rand(len(images)) < 0.5  # the order, drawn from the trainer's seeded generator
-            nll = scores.choice_nll(images, correct, other, correct_first)
-            terms["choice"] = nll.sum() / max(len(nll), 1)
-        if "csd" in needs or "fcd" in needs or "local" in needs:
-            factual = scores.pairs(image_index, text_index)  # S(Ia, Ta), [B]
-            if "csd" in needs:
-                pair_scores = scores.pairs(cf_images, cf_texts)  # S(Icf_k, Tcf_k), [B, K]
-                terms["csd"] = counterfactual_separation_loss(
-                    factual, pair_scores, self.csd_margin, mask=cf_image_valid & cf_text_valid
-                )
-            if "fcd" in needs or "local" in needs:
-                edited_scores = scores.pairs(cf_images, text_index.unsqueeze(1))  # S(Icf_j, Ta), [B, K]
-            if "fcd" in needs:
-                terms["fcd"] = fine_grained_discrimination_loss(factual, edited_scores, self.fcd_margin, mask=cf_image_valid)
-            if "local" in needs:
-                edited_texts = scores.pairs(image_index.unsqueeze(1), cf_texts)  # S(Ia, Tcf_k), [B, K]
-                terms["local"] = record_local_contrastive_loss(
-                    factual, edited_texts, edited_scores, text_mask=cf_text_valid, image_mask=cf_image_valid
-                )
-        return terms
 
-    def _dense_terms(self, scores, batch, cf_texts, cf_images, cf_text_valid, cf_image_valid) -> dict[str, torch.Tensor]:
-        image = scores.image_embeds[batch["image_index"]]
-        text = scores.text_embeds[batch["text_index"]]
-        cf_text, cf_image = scores.text_embeds[cf_texts], scores.image_embeds[cf_images]  # [B, K, D]
-        keys = _pair_keys(batch)  # (factual [B, 2], counterfactual [B, K, 2]) or None: no masking
-        needs, terms = self.weights, {}
-        if "align" in needs or "negclip" in needs:
-            logits_per_image, logits_per_text, targets = self._local_vs_global(image, text, scores)
-            columns = self._gather(keys[0], grad=False) if keys is not None else None  # [M, 2]
-            column_mask = _not_target_twins(columns, targets) if keys is not None else None
-        if "align" in needs:
-            terms["align"] = clip_loss(logits_per_image, logits_per_text, targets, column_mask=column_mask)
-        if "negclip" in needs:
-            negatives, negative_mask = self._gather(cf_text.flatten(0, 1)), self._gather(cf_text_valid.flatten(), grad=False)
-            if keys is not None:
-                negative_text = self._gather(keys[1][..., 0].flatten(), grad=False)
-                negative_mask = negative_mask & _not_true_captions(columns, targets, negative_text)
-            terms["negclip"] = negclip_loss(
-                logits_per_image,
-                scores.matrix(image, negatives),
-                logits_per_text,
-                targets,
-                column_mask=column_mask,
-                negative_mask=negative_mask,
-            )
-        if "grouping" in needs:
-            terms["grouping"] = self._grouping(image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, scores)
-        return terms
+class Step:
+    """What the terms of one step read: the objective's settings, the scores, the batch's index
+    tensors, and the intermediate results several terms share (computed once, on first use)."""
 
-    def _gather(self, tensor: torch.Tensor, grad: bool = True) -> torch.Tensor:
-        if not self.gather:
+    def __init__(self, objective: CounterfactualObjective, scores, batch: Mapping[str, torch.Tensor]):
+        self.objective, self.scores, self.batch = objective, scores, batch
+        self.image_index, self.text_index = batch["image_index"], batch["text_index"]
+        self.cf_text_valid, self.cf_image_valid = batch["cf_text_index"] >= 0, batch["cf_image_index"] >= 0
+        # Masked where the index is < 0.
+        self.cf_texts, self.cf_images = batch["cf_text_index"].clamp(min=0), batch["cf_image_index"].clamp(min=0)
+
+    def gather(self, tensor: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        """``tensor`` from every process (local when the objective does not gather)."""
+        if not self.objective.gather:
             return tensor
         return all_gather_with_grad(tensor) if grad else all_gather_no_grad(tensor)
 
-    def _local_vs_global(self, image: torch.Tensor, text: torch.Tensor, scores):
-        """Local rows against gathered columns, and the column of each row's positive."""
-        logits_per_image = scores.matrix(image, self._gather(text))
-        logits_per_text = scores.matrix(self._gather(image), text).T  # S(image column, text row)
-        rank = rank_and_world_size()[0] if self.gather else 0
+    def local_vs_global(self, image: torch.Tensor, text: torch.Tensor):
+        """Scores of local rows against gathered columns, both directions, and each row's positive column."""
+        logits_per_image = self.scores.matrix(image, self.gather(text))
+        logits_per_text = self.scores.matrix(self.gather(image), text).T  # S(image column, text row)
+        rank = rank_and_world_size()[0] if self.objective.gather else 0
         targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
         return logits_per_image, logits_per_text, targets
 
-    def _grouping(self, image, text, cf_image, cf_text, cf_image_valid, cf_text_valid, keys, scores) -> torch.Tensor:
-        # Positives: B factual pairs followed by the B*K complete counterfactual pairs.
-        pair_valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
-        pair_image = torch.cat([image, cf_image.flatten(0, 1)])
-        pair_text = torch.cat([text, cf_text.flatten(0, 1)])
-        logits_per_image, logits_per_text, targets = self._local_vs_global(pair_image, pair_text, scores)
-        # Text-only counterfactuals (no edited image) are not pairs, but their captions are hard
-        # negatives: the gathered pair columns already hold their scores, so they join the
-        # image->text softmax as extra columns of the same logits (no second gather or matmul).
-        text_only = torch.cat([torch.zeros_like(pair_valid[: len(image)]), (cf_text_valid & ~cf_image_valid).flatten()])
-        column_mask, negative_mask = self._gather(torch.stack([pair_valid, text_only], dim=1), grad=False).unbind(dim=1)
-        if keys is not None:
-            # Invalid pairs carry placeholder keys: they are masked columns already, and are kept
-            # out of the pairs that make a caption true of an image.
-            columns = self._gather(torch.cat([keys[0], keys[1].flatten(0, 1)]), grad=False)
-            negative_mask = negative_mask & _not_true_captions(columns, targets, columns[:, 0], column_valid=column_mask)
-            column_mask = column_mask & _not_target_twins(columns, targets)
-        return negclip_loss(
-            logits_per_image,
-            logits_per_image,
-            logits_per_text,
-            targets,
-            row_mask=pair_valid,
-            column_mask=column_mask,
-            negative_mask=negative_mask,
-        )
+    # ------------------------------------------------------------------ shared by the dense terms
+
+    @cached_property
+    def keys(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return _pair_keys(self.batch)
+
+    @cached_property
+    def embeds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Factual image and text ``[B, D]``, counterfactual image and text ``[B, K, D]`` embeddings."""
+        image_embeds, text_embeds = self.scores.image_embeds, self.scores.text_embeds
+        return image_embeds[self.image_index], text_embeds[self.text_index], image_embeds[self.cf_images], text_embeds[self.cf_texts]
+
+    @cached_property
+    def factual_logits(self):
+        """Factual pairs, local rows against gathered columns: (per image, per text, targets)."""
+        image, text, _, _ = self.embeds
+        return self.local_vs_global(image, text)
+
+    @cached_property
+    def factual_columns(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The gathered factual pairs' keys ``[M, 2]`` and the mask of each row's false negatives (None: unmasked)."""
+        if self.keys is None:
+            return None, None
+        columns = self.gather(self.keys[0], grad=False)
+        return columns, _not_target_twins(columns, self.factual_logits[2])
+
+    # ------------------------------------------------------------------ shared by the record-local terms
+
+    @cached_property
+    def factual(self) -> torch.Tensor:
+        """S(Ia, Ta), ``[B]``."""
+        return self.scores.pairs(self.image_index, self.text_index)
+
+    @cached_property
+    def edited_images(self) -> torch.Tensor:
+        """S(Icf_j, Ta), ``[B, K]``: each edited image with the original text."""
+        return self.scores.pairs(self.cf_images, self.text_index.unsqueeze(1))
+
+
+@register_term("align", "dense")
+def align(step: Step) -> torch.Tensor:
+    """Symmetric InfoNCE on factual pairs (CLIP; CF-VLM's L_align)."""
+    logits_per_image, logits_per_text, targets = step.factual_logits
+    return clip_loss(logits_per_image, logits_per_text, targets, column_mask=step.factual_columns[1])
+
+
+@register_term("negclip", "dense", counterfactual_texts=True)
+def negclip(step: Step) -> torch.Tensor:
+    """InfoNCE whose image->text softmax also holds every counterfactual caption of the global batch (NegCLIP)."""
+    logits_per_image, logits_per_text, targets = step.factual_logits
+    columns, column_mask = step.factual_columns
+    image, _, _, cf_text = step.embeds
+    negatives, negative_mask = step.gather(cf_text.flatten(0, 1)), step.gather(step.cf_text_valid.flatten(), grad=False)
+    if step.keys is not None:
+        negative_text = step.gather(step.keys[1][..., 0].flatten(), grad=False)
+        negative_mask = negative_mask & _not_true_captions(columns, targets, negative_text)
+    return negclip_loss(
+        logits_per_image, step.scores.matrix(image, negatives), logits_per_text, targets, column_mask=column_mask, negative_mask=negative_mask
+    )
+
+
+@register_term("grouping", "dense", counterfactual_texts=True, counterfactual_images=True)
+def grouping(step: Step) -> torch.Tensor:
+    """InfoNCE over factual and complete counterfactual pairs, each a positive of its own and a negative of the original."""
+    image, text, cf_image, cf_text = step.embeds
+    cf_image_valid, cf_text_valid, keys = step.cf_image_valid, step.cf_text_valid, step.keys
+    # Positives: B factual pairs followed by the B*K complete counterfactual pairs.
+    pair_valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
+    logits_per_image, logits_per_text, targets = step.local_vs_global(torch.cat([image, cf_image.flatten(0, 1)]), torch.cat([text, cf_text.flatten(0, 1)]))
+    # Text-only counterfactuals (no edited image) are not pairs, but their captions are hard
+    # negatives: the gathered pair columns already hold their scores, so they join the
+    # image->text softmax as extra columns of the same logits (no second gather or matmul).
+    text_only = torch.cat([torch.zeros_like(pair_valid[: len(image)]), (cf_text_valid & ~cf_image_valid).flatten()])
+    column_mask, negative_mask = step.gather(torch.stack([pair_valid, text_only], dim=1), grad=False).unbind(dim=1)
+    if keys is not None:
+        # Invalid pairs carry placeholder keys: they are masked columns already, and are kept
+        # out of the pairs that make a caption true of an image.
+        columns = step.gather(torch.cat([keys[0], keys[1].flatten(0, 1)]), grad=False)
+        negative_mask = negative_mask & _not_true_captions(columns, targets, columns[:, 0], column_valid=column_mask)
+        column_mask = column_mask & _not_target_twins(columns, targets)
+    return negclip_loss(
+        logits_per_image, logits_per_image, logits_per_text, targets, row_mask=pair_valid, column_mask=column_mask, negative_mask=negative_mask
+    )
+
+
+@register_term("csd", "pairs", counterfactual_texts=True, counterfactual_images=True)
+def csd(step: Step) -> torch.Tensor:
+    """CF-VLM L_csd: hinge S(Ia, Ta) >= S(Icf_k, Tcf_k) + m1 over the K complete counterfactual pairs."""
+    pair_scores = step.scores.pairs(step.cf_images, step.cf_texts)  # S(Icf_k, Tcf_k), [B, K]
+    mask = step.cf_image_valid & step.cf_text_valid
+    return counterfactual_separation_loss(step.factual, pair_scores, step.objective.csd_margin, mask=mask)
+
+
+@register_term("fcd", "pairs", counterfactual_images=True)
+def fcd(step: Step) -> torch.Tensor:
+    """CF-VLM L_fcd: hinge S(Ia, Ta) >= max_j S(Icf_j, Ta) + m2 (the hardest edited image, the original text)."""
+    return fine_grained_discrimination_loss(step.factual, step.edited_images, step.objective.fcd_margin, mask=step.cf_image_valid)
+
+
+@register_term("local", "pairs", counterfactual_texts=True, counterfactual_images=True)
+def local(step: Step) -> torch.Tensor:
+    """Record-local InfoNCE: S(Ia, Ta) against S(Ia, Tcf_k) and against S(Icf_j, Ta)."""
+    edited_texts = step.scores.pairs(step.image_index.unsqueeze(1), step.cf_texts)  # S(Ia, Tcf_k), [B, K]
+    return record_local_contrastive_loss(
+        step.factual, edited_texts, step.edited_images, text_mask=step.cf_text_valid, image_mask=step.cf_image_valid
+    )
+
+
+@register_term("lm", "generative")
+def lm(step: Step) -> torch.Tensor:
+    """A generative VLM's language-model loss on the factual caption (mean token NLL given the image)."""
+    return -step.scores.log_likelihood(step.image_index, step.text_index).mean()
+
+
+@register_term("yesno", "generative", counterfactual_texts=True)
+def yesno(step: Step) -> torch.Tensor:
+    """L_align as generative classification: Yes for the factual caption, No for each counterfactual one (balanced)."""
+    yes = step.scores.answer_nll(step.image_index, step.text_index, VQA_ANSWER)
+    b, k = step.cf_text_valid.nonzero(as_tuple=True)
+    no = step.scores.answer_nll(step.image_index[b], step.cf_texts[b, k], VQA_NO)
+    return (yes.mean() + no.mean()) / 2 if len(no) else yes.mean()
+
+
+@register_term("choice", "generative", counterfactual_texts=True, counterfactual_images=True)
+def choice(step: Step) -> torch.Tensor:
+    """CounterCurate's multiple choice: the right letter's NLL, factual and edited image each asked, options in a random order."""
+    b, k = (step.cf_image_valid & step.cf_text_valid).nonzero(as_tuple=True)
+    images = torch.cat([step.image_index[b], step.cf_images[b, k]])  # each pair's factual and edited image
+    correct = torch.cat([step.text_index[b], step.cf_texts[b, k]])
+    other = torch.cat([step.cf_texts[b, k], step.text_index[b]])
+    correct_first = torch.rand(len(images)) < 0.5  # the order, drawn from the trainer's seeded generator
+    nll = step.scores.choice_nll(images, correct, other, correct_first)
+    return nll.sum() / max(len(nll), 1)
 
 
 def _pair_keys(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -6,15 +6,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .objectives import OBJECTIVE_PRESETS, CounterfactualObjective
+from .objectives import OBJECTIVE_PRESETS, TERMS, CounterfactualObjective, parse_loss_weights
 
 
 @dataclass
 class CounterfactualTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the counterfactual objective.
 
-    The objective is a preset (``clip``, ``negclip``, ``grouping``, ``cf-vlm``) whose term weights any
-    ``*_weight`` argument overrides; a weight of 0 switches a term off.
+    The objective is a preset (``objective``: ``clip``, ``negclip``, ``grouping``, ``cf-vlm``, ...) whose
+    term weights ``loss_weights`` replaces or extends (``{"csd": 0, "local": 1}``, or on the command
+    line ``--loss_weights csd=0,local=1``); a weight of 0 switches a term off.
     """
 
     objective: str = field(
@@ -24,25 +25,12 @@ class CounterfactualTrainingArguments(TrainingArguments):
             "choices": list(OBJECTIVE_PRESETS),
         },
     )
-    align_weight: float | None = field(default=None, metadata={"help": "Weight of InfoNCE on factual pairs (CF-VLM alpha)."})
-    negclip_weight: float | None = field(default=None, metadata={"help": "Weight of InfoNCE with hard-negative captions (NegCLIP)."})
-    grouping_weight: float | None = field(
-        default=None, metadata={"help": "Weight of InfoNCE over factual + counterfactual pairs (CounterCurate grouping)."}
-    )
-    csd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_csd (beta)."})
-    fcd_weight: float | None = field(default=None, metadata={"help": "Weight of CF-VLM L_fcd (gamma)."})
-    lm_weight: float | None = field(
-        default=None, metadata={"help": "Generative VLMs: weight of the language-model loss on the factual caption (L_align for LLaVA)."}
-    )
-    yesno_weight: float | None = field(
+    loss_weights: dict | str | None = field(
         default=None,
-        metadata={"help": "Generative VLMs: weight of the Yes/No classification loss (Yes for the factual caption, No for each counterfactual one)."},
-    )
-    choice_weight: float | None = field(
-        default=None, metadata={"help": "Generative VLMs: weight of CounterCurate's multiple-choice loss (the right letter's NLL)."}
-    )
-    local_weight: float | None = field(
-        default=None, metadata={"help": "Weight of record-local InfoNCE (the factual pair against its own record's counterfactuals)."}
+        metadata={
+            "help": "Term weights replacing or joining the preset's, as term=weight,... (e.g. csd=0,local=1; 0 switches a term "
+            "off) or a JSON object. Terms: " + ", ".join(f"{name} ({term.description.rstrip('.')})" for name, term in TERMS.items()) + "."
+        },
     )
     csd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m1, in score units (logit_scale * cosine)."})
     fcd_margin: float = field(default=1.0, metadata={"help": "CF-VLM margin m2, in score units (logit_scale * cosine)."})
@@ -74,9 +62,7 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("align_weight", "negclip_weight", "grouping_weight", "csd_weight", "fcd_weight", "local_weight", "lm_weight", "yesno_weight", "choice_weight"):
-            if (getattr(self, name) or 0) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.loss_weights = parse_loss_weights(self.loss_weights) or None  # a dict from here on (saved as such)
         if self.num_counterfactuals < 0:
             raise ValueError(f"num_counterfactuals must be >= 0, got {self.num_counterfactuals}")
         if not 0.0 <= self.counterfactual_fraction <= 1.0:
@@ -95,20 +81,9 @@ class CounterfactualTrainingArguments(TrainingArguments):
 
     def build_objective(self) -> CounterfactualObjective:
         """The :class:`CounterfactualObjective` these arguments describe."""
-        overrides = {
-            "align": self.align_weight,
-            "negclip": self.negclip_weight,
-            "grouping": self.grouping_weight,
-            "csd": self.csd_weight,
-            "fcd": self.fcd_weight,
-            "local": self.local_weight,
-            "lm": self.lm_weight,
-            "yesno": self.yesno_weight,
-            "choice": self.choice_weight,
-        }
         return CounterfactualObjective.from_preset(
             self.objective,
-            overrides,
+            self.loss_weights,
             csd_margin=self.csd_margin,
             fcd_margin=self.fcd_margin,
             gather=self.gather_features,

@@ -212,7 +212,7 @@ class VLMScores:
     """One training step's scores of a generative VLM over the batch's distinct images and texts,
     for the pairs a record-local term asks for (:meth:`pairs`), with gradient. Each image's features
     are computed once per step and each pair is scored once (repeated asks are served from memory).
-    ``dense`` is False: all-pairs terms cannot use it (see :data:`~hf_counterfactual.objectives.TERM_NEEDS`).
+    ``dense`` is False: all-pairs terms cannot use it (see :attr:`~hf_counterfactual.objectives.Term.needs`).
 
     Args:
         scorer: a :class:`VLMScorer` whose ``score`` is one of :data:`PAIR_SCORES`.

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from hf_counterfactual.collator import CounterfactualCollator
 from hf_counterfactual.distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
-from hf_counterfactual.objectives import TERM_NEEDS, CounterfactualObjective
+from hf_counterfactual.objectives import TERMS, CounterfactualObjective
 from hf_counterfactual.scenes import SCENE_VOCABULARY, generate_record
 from hf_counterfactual.scoring import DualEncoderScores
 from hf_counterfactual.tiny_models import build_tiny_clip
@@ -99,7 +99,7 @@ def main() -> int:
         {**r, "counterfactuals": [*r["counterfactuals"][:-1], {**r["counterfactuals"][-1], "image": None}]} for r in records
     ]
     collator = CounterfactualCollator(processor, num_counterfactuals=K, counterfactual_fraction=1.0)
-    terms = [term for term, need in TERM_NEEDS.items() if need != "generative"]  # a CLIP: no caption likelihood
+    terms = [name for name, term in TERMS.items() if term.needs != "generative"]  # a CLIP: no caption likelihood
     cases = [(term, {term: 1.0}) for term in terms] + [("all", {term: 1.0 for term in terms})]
     duplicates = shared_across_ranks(records)
     for data_name, data in (("full", records), ("text-only cf", text_only), ("shared across ranks", duplicates)):

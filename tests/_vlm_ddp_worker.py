@@ -20,7 +20,7 @@ from hf_counterfactual.scenes import SCENE_VOCABULARY, generate_record
 from hf_counterfactual.tiny_models import build_tiny_llava
 from hf_counterfactual.vlm_scoring import VLMScorer, VLMScores
 
-WEIGHTS = dict(objective="cf-vlm-lm", local_weight=1.0)
+WEIGHTS = dict(objective="cf-vlm-lm", loss_weights={"local": 1.0})
 
 
 def flat(model) -> torch.Tensor:

@@ -73,9 +73,9 @@ def test_gathered_objective_matches_one_process(subprocess_env):
     assert not [line for line in checks if line.startswith("FAIL")], output
     # 3 collective checks + 3 batches x (each term, and all together) x (loss, gradients)
     # + 2 content-key checks (gathered keys, masking changes the loss)
-    from hf_counterfactual.objectives import TERM_NEEDS
+    from hf_counterfactual.objectives import TERMS
 
-    dual_encoder_terms = [term for term, need in TERM_NEEDS.items() if need != "generative"]
+    dual_encoder_terms = [name for name, term in TERMS.items() if term.needs != "generative"]
     assert len(checks) == 3 + 3 * (len(dual_encoder_terms) + 1) * 2 + 2, output
 
 

@@ -124,8 +124,9 @@ def test_cf_vlm_preset_weights_are_the_papers():
 
 def test_weight_zero_switches_a_term_off(setup):
     out, batch, ref, scale = setup
-    objective = CounterfactualObjective.from_preset("cf-vlm", {"fcd": 0.0, "csd": None})
+    objective = CounterfactualObjective.from_preset("cf-vlm", "fcd=0")
     assert objective.weights == {"align": 1.0, "csd": 0.45}
+    assert CounterfactualObjective.from_preset("cf-vlm", {"fcd": 0.0, "local": 2}).weights == {"align": 1.0, "csd": 0.45, "local": 2.0}
     assert objective.uses_counterfactual_images  # csd needs the edited images
     terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), batch)
     assert set(terms) == {"align", "csd"}
@@ -248,3 +249,62 @@ def test_grouping_with_a_text_only_counterfactual_matches_the_naive_reference(se
     texts = ref["text"] + [ref["cf_text"][b][k] for b, k in pairs]
     expected = symmetric_infonce(images, texts, scale, extra_negatives=[ref["cf_text"][0][1]])
     assert terms["grouping"].item() == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture
+def registered_term():
+    """A term added the way a contributor adds one: one registered function."""
+    from hf_counterfactual.objectives import TERMS, register_term
+
+    @register_term("factual_margin", "pairs")
+    def factual_margin(step):
+        """Mean of -S(Ia, Ta): a toy term for the test."""
+        return -step.factual.mean()
+
+    yield factual_margin
+    del TERMS["factual_margin"]
+
+
+def test_a_registered_term_is_usable_everywhere_from_its_one_registration(setup, registered_term, tmp_path):
+    from hf_counterfactual import CounterfactualTrainingArguments
+
+    out, batch, ref, scale = setup
+    scores = DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale))
+    objective = CounterfactualObjective.from_preset("clip", "factual_margin=0.5")
+    terms = objective(scores, batch)
+    expected = -(scale * F.cosine_similarity(out.image_embeds[batch["image_index"]], out.text_embeds[batch["text_index"]])).mean()
+    assert set(terms) == {"align", "factual_margin"}
+    torch.testing.assert_close(terms["factual_margin"], expected)
+    assert objective.total(terms).item() == pytest.approx(terms["align"].item() + 0.5 * expected.item(), rel=1e-5)
+    assert not objective.uses_counterfactual_texts and not objective.uses_counterfactual_images  # as registered
+    args = CounterfactualTrainingArguments(output_dir=str(tmp_path), report_to="none", objective="clip", loss_weights="factual_margin=2")
+    assert args.build_objective().weights == {"align": 1.0, "factual_margin": 2.0}
+
+
+def test_registering_a_name_twice_or_an_unknown_need_is_an_error(registered_term):
+    from hf_counterfactual.objectives import register_term
+
+    with pytest.raises(ValueError, match="'factual_margin' is registered already"):
+        register_term("factual_margin", "pairs")(lambda step: 0)
+    with pytest.raises(ValueError, match="needs must be one of"):
+        register_term("other", "sparse")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("csd=0,local=1", {"csd": 0.0, "local": 1.0}), (' {"csd": 0.5} ', {"csd": 0.5}), ({"fcd": 1}, {"fcd": 1.0}), (None, {}), ("", {})],
+)
+def test_loss_weights_forms(value, expected):
+    from hf_counterfactual.objectives import parse_loss_weights
+
+    assert parse_loss_weights(value) == expected
+
+
+@pytest.mark.parametrize("value, message", [("csd", "expected term=weight"), ("csd=x", "not a number"), ("csd=-1", ">= 0")])
+def test_bad_loss_weights_are_errors(value, message):
+    from hf_counterfactual.objectives import parse_loss_weights
+
+    with pytest.raises(ValueError, match=message):
+        parse_loss_weights(value)
+    with pytest.raises(ValueError, match=r"unknown loss term\(s\) \['triplet'\]"):
+        CounterfactualObjective.from_preset("clip", "triplet=1")

@@ -81,7 +81,7 @@ def test_one_image_pass_and_one_text_pass_per_step(tmp_path):
     calls = {"vision": 0, "text": 0}
     model.vision_model.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1))
     model.text_model.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
-    args = make_args(tmp_path, max_steps=3, objective="cf-vlm", grouping_weight=1.0)  # four terms, still one pass each
+    args = make_args(tmp_path, max_steps=3, objective="cf-vlm", loss_weights={"grouping": 1.0})  # four terms, still one pass each
     CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor).train()
     assert calls == {"vision": 3, "text": 3}
 
@@ -127,7 +127,7 @@ def test_lora_trains_and_merges_into_a_plain_clip(tmp_path):
     "kwargs, message",
     [
         (dict(objective="triplet"), "unknown objective 'triplet'"),
-        (dict(csd_weight=-1.0), "csd_weight must be >= 0"),
+        (dict(loss_weights="csd=-1"), "loss_weights must be >= 0"),
         (dict(num_counterfactuals=0), "uses counterfactuals but num_counterfactuals=0"),
         (dict(counterfactual_fraction=1.5), r"counterfactual_fraction must be in \[0, 1\]"),
     ],
@@ -149,7 +149,7 @@ def test_siglip_trains_on_the_same_seam_with_its_scale_and_bias(tmp_path):
     model, processor = build_tiny_siglip(SCENE_VOCABULARY)
     _, _, records = get_dummy_components(num_records=8)
     bias_before = model.logit_bias.item()
-    args = make_args(tmp_path, objective="cf-vlm", local_weight=1.0)
+    args = make_args(tmp_path, objective="cf-vlm", loss_weights="local=1")
     trainer = CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss/local" in entry]

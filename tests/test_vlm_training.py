@@ -28,8 +28,8 @@ def records():
 
 def args(tmp_path, **kwargs):
     defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, max_steps=2, learning_rate=1e-3, report_to="none",
-                    save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True, objective="cf-vlm", align_weight=0.0,
-                    local_weight=1.0, num_counterfactuals=2, csd_margin=MARGIN, fcd_margin=MARGIN)  # fmt: skip
+                    save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=True, objective="cf-vlm",
+                    loss_weights={"align": 0.0, "local": 1.0}, num_counterfactuals=2, csd_margin=MARGIN, fcd_margin=MARGIN)  # fmt: skip
     return CounterfactualTrainingArguments(**{**defaults, **kwargs})
 
 
@@ -87,7 +87,7 @@ def test_trainer_trains_llava_on_record_local_terms_and_saves_a_plain_llava(llav
 def test_a_dense_objective_on_llava_is_refused_at_start_up(llava, records, tmp_path):
     model, processor = llava
     with pytest.raises(ValueError, match=r"\['grouping'\] need all-pairs scores of a dual encoder, which LlavaForConditionalGeneration"):
-        CounterfactualTrainer(model=model, args=args(tmp_path, objective="grouping", local_weight=None, align_weight=None),
+        CounterfactualTrainer(model=model, args=args(tmp_path, objective="grouping", loss_weights=None),
                               train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
 
 
@@ -112,7 +112,7 @@ def test_lm_term_is_the_factual_captions_mean_token_nll(llava, records, tmp_path
     nlls = [-reference.score([r["image"]], [r["caption"]])[0, 0].item() for r in records]
     assert terms["lm"].item() == pytest.approx(sum(nlls) / len(nlls), abs=1e-4)
 
-    trainer = CounterfactualTrainer(model=model, args=args(tmp_path, objective="cf-vlm-lm", local_weight=None, align_weight=None, max_steps=1),
+    trainer = CounterfactualTrainer(model=model, args=args(tmp_path, objective="cf-vlm-lm", loss_weights=None, max_steps=1),
                                     train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
     trainer.train()
     assert {"loss/lm", "loss/csd", "loss/fcd"} <= set(trainer.state.log_history[0])
@@ -123,7 +123,7 @@ def test_lm_on_a_dual_encoder_is_refused_at_start_up(tmp_path):
 
     model, processor, records = get_dummy_components(num_records=2)
     with pytest.raises(ValueError, match=r"\['lm'\] need a generative model's caption likelihood; CLIPModel is a dual encoder"):
-        CounterfactualTrainer(model=model, args=args(tmp_path, objective="clip", lm_weight=1.0, local_weight=None, align_weight=None),
+        CounterfactualTrainer(model=model, args=args(tmp_path, objective="clip", loss_weights={"lm": 1.0}),
                               train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
 
 
@@ -212,19 +212,19 @@ def test_yesno_preset_trains_and_is_refused_on_a_dual_encoder(llava, records, tm
     from dummy_components import get_dummy_components
 
     model, processor = llava
-    run = args(tmp_path, objective="cf-vlm-yesno", local_weight=None, align_weight=None, max_steps=1)
+    run = args(tmp_path, objective="cf-vlm-yesno", loss_weights=None, max_steps=1)
     trainer = CounterfactualTrainer(model=model, args=run, train_dataset=records_dataset(records), processing_class=processor)
     trainer.train()
     assert {"loss/yesno", "loss/csd", "loss/fcd"} <= set(trainer.state.log_history[0])
     clip, clip_processor, clip_records = get_dummy_components(num_records=2)
     with pytest.raises(ValueError, match=r"\['yesno'\] need a generative model"):
-        CounterfactualTrainer(model=clip, args=args(tmp_path, objective="cf-vlm-yesno", local_weight=None, align_weight=None),
+        CounterfactualTrainer(model=clip, args=args(tmp_path, objective="cf-vlm-yesno", loss_weights=None),
                               train_dataset=records_dataset(clip_records), processing_class=clip_processor)  # fmt: skip
 
 
 def test_countercurate_preset_trains(llava, records, tmp_path):
     model, processor = llava
-    run = args(tmp_path, objective="countercurate", local_weight=None, align_weight=None, max_steps=1)
+    run = args(tmp_path, objective="countercurate", loss_weights=None, max_steps=1)
     trainer = CounterfactualTrainer(model=model, args=run, train_dataset=records_dataset(records), processing_class=processor)
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss/choice"])

@@ -44,7 +44,6 @@ from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, 
 from ..benchmarks import MatchingBenchmark, counterfactual_records_benchmark, evaluate_benchmark, format_results
 from ..distributed import full_parameters
 from ..features import defer_image_decoding
-from ..objectives import TERMS
 from ..scoring import DualEncoderScorer
 from ..trainer import CounterfactualTrainer, is_generative_model
 from ..training_args import CounterfactualTrainingArguments
@@ -187,7 +186,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         training_args,
         output_dir=cache,
         objective=PRETRAINING_OBJECTIVE[model_args.model_type],
-        **{f"{term}_weight": None for term in TERMS},  # the preset as it is
+        loss_weights=None,  # the preset as it is
         num_train_epochs=model_args.pretrain_epochs,
         max_steps=-1,  # --max_steps bounds the fine-tuning, not the pre-training
         learning_rate=model_args.pretrain_learning_rate,
