@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Cost of one cf-vlm training step relative to a plain CLIP step over the same distinct images/texts.
+"""Cost of one cf-vlm training step relative to a plain CLIP step over the same distinct images/texts
+(``--model_type siglip``: a ``sigmoid-grouping`` step of a SigLIP relative to ``SiglipModel``'s own loss).
 
 Measures, in one run, with pre-collated tensors (no data loading):
 
@@ -12,6 +13,7 @@ interleaved (alternating which goes first), after warmup; reports medians, their
 <= 1.10), and how many times each encoder runs per cf-vlm step (forward hooks; must be 1 and 1)::
 
     python benchmarks/bench_step.py --model tiny --device cpu
+    python benchmarks/bench_step.py --model tiny --model_type siglip
     python benchmarks/bench_step.py --model vit-b-32 --device cuda --dtype bfloat16 --batch_size 64
 """
 
@@ -28,6 +30,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 
 from hf_counterfactual import CounterfactualCollator, CounterfactualTrainer, CounterfactualTrainingArguments
 from hf_counterfactual.scenes import SCENE_VOCABULARY, generate_record
+from hf_counterfactual.scoring import text_padding
 from hf_counterfactual.tiny_models import build_word_level_tokenizer, tiny_clip_config
 
 
@@ -48,10 +51,10 @@ def build_model(name: str, attn: str) -> tuple[CLIPModel, CLIPProcessor]:
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def clip_batch(records, processor, pixel_values) -> dict[str, torch.Tensor]:
+def clip_batch(records, processor, pixel_values, padding="longest") -> dict[str, torch.Tensor]:
     """The B*(1+K) (image, caption) pairs of ``records``, in the cf-vlm batch's image order."""
     captions = [r["caption"] for r in records] + [c["caption"] for r in records for c in r["counterfactuals"]]
-    encoded = processor.tokenizer(captions, padding=True, return_tensors="pt")
+    encoded = processor.tokenizer(captions, padding=padding, return_tensors="pt")
     return {"pixel_values": pixel_values, "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast")
     parser.add_argument("--model", default="tiny", choices=["tiny", "vit-b-32"])
+    parser.add_argument("--model_type", default="clip", choices=["clip", "siglip"], help="siglip: the tiny SigLIP (--model tiny only)")
     parser.add_argument("--attn", default="sdpa", help="attn_implementation")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
@@ -71,19 +75,29 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device, k = torch.device(args.device), args.num_counterfactuals
 
-    model, processor = build_model(args.model, args.attn)
+    if args.model_type == "siglip":
+        from hf_counterfactual.tiny_models import build_tiny_siglip
+
+        if args.model != "tiny":
+            parser.error("--model_type siglip runs the tiny SigLIP only")
+        model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+        names, objective, padding = ("sigmoid-grouping", "siglip"), "sigmoid-grouping", "max_length"  # SigLIP's text tower pads to max_length
+    else:
+        model, processor = build_model(args.model, args.attn)
+        names, objective, padding = ("cf-vlm", "clip"), "cf-vlm", "longest"
+    cf_name, plain_name = names
     records = [generate_record(i, "train", seed=0, counterfactuals_per_record=k) for i in range(args.batch_size)]
-    collator = CounterfactualCollator(processor, num_counterfactuals=k, counterfactual_fraction=1.0)
+    collator = CounterfactualCollator(processor, num_counterfactuals=k, counterfactual_fraction=1.0, padding=text_padding(model))
     cf = collator(records)
     # Every counterfactual has an image: the B*(1+K) pairs' images, in clip_batch's caption order
     # (a photo that occurs twice is one row of the cf-vlm batch, two of the clip batch).
     pair_images = torch.cat([cf["image_index"], cf["cf_image_index"].flatten()])
-    clip = clip_batch(records, processor, cf["pixel_values"][pair_images])
+    clip = clip_batch(records, processor, cf["pixel_values"][pair_images], padding)
     cf, clip = ({name: t.to(device) if torch.is_tensor(t) else t for name, t in batch.items()} for batch in (cf, clip))
 
     with tempfile.TemporaryDirectory() as tmp:
         training_args = CounterfactualTrainingArguments(
-            output_dir=tmp, objective="cf-vlm", num_counterfactuals=k, report_to="none", use_cpu=args.device == "cpu"
+            output_dir=tmp, objective=objective, num_counterfactuals=k, report_to="none", use_cpu=args.device == "cpu"
         )
         trainer = CounterfactualTrainer(model=model, args=training_args, data_collator=collator)
     model = trainer.model.to(device).train()
@@ -125,33 +139,33 @@ def main() -> None:
     for hook in hooks:
         hook.remove()
 
-    times = {"cf-vlm": [], "clip": []}
-    steps = {"cf-vlm": cf_step, "clip": clip_step}
+    times = {cf_name: [], plain_name: []}
+    steps = {cf_name: cf_step, plain_name: clip_step}
     for rep in range(args.warmup + args.steps):
-        order = ("cf-vlm", "clip") if rep % 2 == 0 else ("clip", "cf-vlm")
+        order = (cf_name, plain_name) if rep % 2 == 0 else (plain_name, cf_name)
         for name in order:
             elapsed = timed(steps[name])
             if rep >= args.warmup:
                 times[name].append(elapsed)
 
     median = {name: statistics.median(t) for name, t in times.items()}
-    shapes = {"cf-vlm": cf, "clip": clip}
+    shapes = {cf_name: cf, plain_name: clip}
     print(
         f"\nmodel={args.model} device={args.device} dtype={args.dtype} attn={args.attn} "
         f"B={args.batch_size} K={k} steps={args.steps} (warmup {args.warmup}), interleaved, "
         f"{torch.get_num_threads()} CPU thread(s)\n"
     )
-    print(f"{'step':<8}{'images':>8}{'texts':>8}{'median ms':>12}{'min ms':>10}{'max ms':>10}{'records/s':>12}")
+    print(f"{'step':<18}{'images':>8}{'texts':>8}{'median ms':>12}{'min ms':>10}{'max ms':>10}{'records/s':>12}")
     for name, t in times.items():
         batch = shapes[name]
         print(
-            f"{name:<8}{batch['pixel_values'].shape[0]:>8}{batch['input_ids'].shape[0]:>8}"
+            f"{name:<18}{batch['pixel_values'].shape[0]:>8}{batch['input_ids'].shape[0]:>8}"
             f"{1e3 * median[name]:>12.1f}{1e3 * min(t):>10.1f}{1e3 * max(t):>10.1f}{args.batch_size / median[name]:>12.1f}"
         )
-    ratio = median["cf-vlm"] / median["clip"]
-    print(f"\ncf-vlm / clip step time: {ratio:.3f} (target <= 1.10: {'ok' if ratio <= 1.10 else 'ABOVE'})")
+    ratio = median[cf_name] / median[plain_name]
+    print(f"\n{cf_name} / {plain_name} step time: {ratio:.3f} (target <= 1.10: {'ok' if ratio <= 1.10 else 'ABOVE'})")
     ok = forwards == {"vision": 1, "text": 1}
-    print(f"encoder forwards per cf-vlm step: vision {forwards['vision']}, text {forwards['text']} ({'ok' if ok else 'EXPECTED 1 and 1'})")
+    print(f"encoder forwards per {cf_name} step: vision {forwards['vision']}, text {forwards['text']} ({'ok' if ok else 'EXPECTED 1 and 1'})")
     print("records/s counts factual records (B per step) for both rows.")
     if not ok:
         raise SystemExit(1)

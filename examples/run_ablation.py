@@ -2,7 +2,7 @@
 """The objective ablation in miniature: same start, same steps, same data; only the loss changes.
 
 For each seed, ``hf-cf train``'s embedded default (the same code path as a real
-fine-tune) pre-trains a tiny CLIP with InfoNCE on factual pairs (the stand-in for a pretrained
+fine-tune) pre-trains a tiny CLIP with InfoNCE (a tiny SigLIP with its sigmoid loss) on factual pairs (the stand-in for a pretrained
 model, made once per seed and shared by every objective), then fine-tunes it once per objective
 with identical hyper-parameters. It prints Markdown tables of the group score per edit kind, mean
 and spread over seeds, on the held-out test split (novel colour-shape compositions) and on the
@@ -10,6 +10,7 @@ same test scenes drawn in a rendering style training never saw, and writes ``abl
 
     python examples/run_ablation.py                       # 3 seeds
     python examples/run_ablation.py --seeds 0 1 --objectives clip grouping --output_dir runs/ablation
+    python examples/run_ablation.py --model_type siglip --seeds 0 1 --objectives sigmoid sigmoid-grouping grouping --output_dir runs/ablation-siglip
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ OBJECTIVES = {
     "grouping": ["--objective", "grouping"],
     "cf-vlm": ["--objective", "cf-vlm"],
     "cf-vlm w/o csd": ["--objective", "cf-vlm", "--loss_weights", "csd=0"],
+    # SigLIP's sigmoid loss, alone and with the counterfactuals (--model_type siglip).
+    "sigmoid": ["--objective", "sigmoid"],
+    "sigmoid-negclip": ["--objective", "sigmoid-negclip"],
+    "sigmoid-grouping": ["--objective", "sigmoid-grouping"],
 }
+CLIP_OBJECTIVES = ["clip", "negclip", "grouping", "cf-vlm", "cf-vlm w/o csd"]
 KINDS = ("attribute", "object", "count", "position", "relation")
 # Table title -> where hf-cf train's results hold that evaluation's {"before", "after"}.
 EVALUATIONS = {"held-out test split": lambda run: run, "held-out rendering style": lambda run: run["heldout_style"]}
@@ -37,7 +43,8 @@ EVALUATIONS = {"held-out test split": lambda run: run, "held-out rendering style
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
+    parser.add_argument("--objectives", nargs="+", default=CLIP_OBJECTIVES, choices=list(OBJECTIVES))
+    parser.add_argument("--model_type", default="clip", choices=("clip", "siglip"), help="The tiny dual encoder to pre-train and fine-tune.")
     parser.add_argument("--output_dir", default="runs/ablation")
     parser.add_argument("--cache_dir", default=None, help="datasets cache directory")
     return parser.parse_args()
@@ -52,7 +59,8 @@ def main() -> None:
         for objective in args.objectives:
             out = os.path.join(args.output_dir, f"{objective.replace(' ', '_').replace('/', '')}-seed{seed}")
             results.setdefault(objective, {})[seed] = train(
-                [*OBJECTIVES[objective], "--seed", str(seed), "--pretrained_start_dir", start, "--output_dir", out, *quiet]
+                [*OBJECTIVES[objective], "--model_type", args.model_type, "--seed", str(seed), "--pretrained_start_dir", start,
+                 "--output_dir", out, *quiet]  # fmt: skip
             )
     with open(os.path.join(args.output_dir, "ablation.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -140,6 +140,10 @@ class CounterfactualCollator:
         max_length: longest tokenized text allowed (the text encoder's positions).
         truncation: cut longer texts to ``max_length``. Off by default: cutting can erase the very
             words a counterfactual edited, so a long text is an error instead.
+        padding: ``True`` (to the longest text) or ``"max_length"`` (every text to ``max_length``:
+            what SigLIP's text tower needs, see :func:`~hf_counterfactual.scoring.text_padding`).
+            The batch holds ``attention_mask`` only where the tokenizer returns one by default
+            (SigLIP's does not: it is run without).
     """
 
     processor: Any
@@ -149,6 +153,7 @@ class CounterfactualCollator:
     counterfactual_fraction: float = 1.0
     max_length: int | None = None
     truncation: bool = False
+    padding: bool | str = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.counterfactual_fraction <= 1.0:
@@ -206,9 +211,11 @@ class CounterfactualCollator:
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         # An identical image (the same photo in two records) is encoded once.
         image_rows, new_image_row, image_key = _merge_equal_rows([content_key(pixels) for pixels in pixel_values])
+        text_inputs = {"input_ids": encoded["input_ids"][text_rows]}
+        if "attention_mask" in self.processor.tokenizer.model_input_names:
+            text_inputs["attention_mask"] = encoded["attention_mask"][text_rows]
         return {
-            "input_ids": encoded["input_ids"][text_rows],
-            "attention_mask": encoded["attention_mask"][text_rows],
+            **text_inputs,
             "pixel_values": pixel_values[image_rows],
             "image_index": new_image_row[:batch_size],
             "text_index": text_index,
@@ -222,9 +229,10 @@ class CounterfactualCollator:
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.processor.tokenizer(
             texts,
-            padding=True,
+            padding=self.padding,
             truncation=self.truncation,
-            max_length=self.max_length if self.truncation else None,
+            max_length=self.max_length if self.truncation or self.padding == "max_length" else None,
+            return_attention_mask=True,  # the collator's own use (lengths, content keys), whatever the model reads
             return_tensors="pt",
         )
         if not self.truncation:

@@ -70,6 +70,7 @@ __all__ = [
     "info_nce",
     "negclip_loss",
     "record_local_contrastive_loss",
+    "sigmoid_loss",
 ]
 
 
@@ -474,3 +475,70 @@ class CFVLMLossWeights:
     def combine(self, align: Tensor, csd: Tensor, fcd: Tensor) -> Tensor:
         """Weighted total ``alpha*align + beta*csd + gamma*fcd``."""
         return self.alpha * align + self.beta * csd + self.gamma * fcd
+
+
+def sigmoid_loss(
+    logits: Tensor,
+    targets: Tensor | None = None,
+    negative_logits: Tensor | None = None,
+    *,
+    row_mask: Tensor | None = None,
+    column_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+) -> Tensor:
+    """SigLIP's pairwise sigmoid loss: every (image, text) score is a binary logit, positive at the
+    row's target column, negative at every other column and at every hard-negative column.
+
+    Args:
+        logits: ``[N, M]``, local images x global texts, ``S = scale * cosine + bias``.
+        targets: ``[N]`` the positive column of each row (in ``[0, M)``); default ``arange(N)``.
+        negative_logits: ``[N, X]`` extra columns that are all negatives (counterfactual captions).
+        row_mask: ``[N]`` bool; ``False`` rows count nowhere (placeholder pairs).
+        column_mask: ``[M]`` or ``[N, M]`` bool; ``False`` pairs are left out (known positives that
+            are not the row's target). A row's target is always kept.
+        negative_mask: ``[X]`` or ``[N, X]`` bool over ``negative_logits``.
+
+    Returns:
+        ``sum over kept pairs of -log sigmoid(label * logit)`` divided by the number of kept rows,
+        float32 (float64 for float64 input); 0, connected, if no row is kept. On a square batch
+        with the default targets and no masks this is ``SiglipModel``'s own loss.
+    """
+    _check_2d(logits, "logits")
+    n, m = logits.shape
+    targets = _resolve_targets(targets, n, m, logits.device, "logits")
+    dtype = _compute_dtype(logits, "logits")
+    labels = -torch.ones(n, m, dtype=dtype, device=logits.device)
+    labels[torch.arange(n, device=logits.device), targets] = 1.0
+    keep = (
+        _expand_column_mask(column_mask, n, m, "column_mask", f"logits {(n, m)}").clone()
+        if column_mask is not None
+        else torch.ones(n, m, dtype=torch.bool, device=logits.device)
+    )
+    keep[torch.arange(n, device=logits.device), targets] = True
+    parts_logits, parts_labels, parts_keep = [logits.to(dtype)], [labels], [keep]
+    if negative_logits is not None:
+        _check_2d(negative_logits, "negative_logits")
+        if negative_logits.shape[0] != n:
+            raise ValueError(f"negative_logits must have N={n} rows like logits {(n, m)}, got {_shape(negative_logits)}")
+        x = negative_logits.shape[1]
+        parts_logits.append(negative_logits.to(dtype))
+        parts_labels.append(-torch.ones(n, x, dtype=dtype, device=logits.device))
+        parts_keep.append(
+            _expand_column_mask(negative_mask, n, x, "negative_mask", f"negative_logits {(n, x)}")
+            if negative_mask is not None
+            else torch.ones(n, x, dtype=torch.bool, device=logits.device)
+        )
+    keep = torch.cat(parts_keep, dim=1)
+    if row_mask is not None:
+        _check_bool(row_mask, "row_mask")
+        if _shape(row_mask) != (n,):
+            raise ValueError(f"row_mask must have shape [N]=({n},) to match logits {(n, m)}, got {_shape(row_mask)}")
+        keep = keep & row_mask.unsqueeze(1)
+    # Left-out pairs are replaced before the loss, not multiplied by 0 after: a placeholder (even inf
+    # or NaN) then reaches neither the value nor the gradient.
+    x = torch.cat(parts_logits, dim=1)
+    x = torch.where(keep, x, torch.zeros_like(x))
+    pair_losses = -torch.nn.functional.logsigmoid(torch.cat(parts_labels, dim=1) * x)
+    total = torch.where(keep, pair_losses, torch.zeros_like(pair_losses)).sum()
+    rows = (row_mask.sum() if row_mask is not None else torch.tensor(n, device=logits.device)).clamp(min=1)
+    return total / rows

@@ -60,7 +60,7 @@ import torch
 
 from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
-from .losses import record_local_contrastive_loss
+from .losses import record_local_contrastive_loss, sigmoid_loss
 from .vlm_scoring import VQA_ANSWER, VQA_NO
 
 NEEDS = ("dense", "pairs", "generative")
@@ -113,6 +113,10 @@ OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
     "clip": {"align": 1.0},
     "negclip": {"negclip": 1.0},
     "grouping": {"grouping": 1.0},
+    # SigLIP's own loss, and it with counterfactual captions as negatives / counterfactual pairs as positives.
+    "sigmoid": {"sigmoid": 1.0},
+    "sigmoid-negclip": {"sigmoid_negclip": 1.0},
+    "sigmoid-grouping": {"sigmoid_grouping": 1.0},
     "cf-vlm": {"align": 1.0, "csd": 0.45, "fcd": 0.55},
     # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
     "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
@@ -237,13 +241,17 @@ class Step:
             return tensor
         return all_gather_with_grad(tensor) if grad else all_gather_no_grad(tensor)
 
-    def local_vs_global(self, image: torch.Tensor, text: torch.Tensor):
-        """Scores of local rows against gathered columns, both directions, and each row's positive column."""
-        logits_per_image = self.scores.matrix(image, self.gather(text))
-        logits_per_text = self.scores.matrix(self.gather(image), text).T  # S(image column, text row)
+    def targets(self, rows: int, device) -> torch.Tensor:
+        """The gathered column of each of ``rows`` local pairs (this process's block of the columns)."""
         rank = rank_and_world_size()[0] if self.objective.gather else 0
-        targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
-        return logits_per_image, logits_per_text, targets
+        return rank * rows + torch.arange(rows, device=device)
+
+    def local_vs_global(self, image: torch.Tensor, text: torch.Tensor, text_side: bool = True):
+        """Scores of local rows against gathered columns (per image; per text when ``text_side``,
+        else None) and each row's positive column."""
+        logits_per_image = self.scores.matrix(image, self.gather(text))
+        logits_per_text = self.scores.matrix(self.gather(image), text).T if text_side else None  # S(image column, text row)
+        return logits_per_image, logits_per_text, self.targets(image.shape[0], image.device)
 
     # ------------------------------------------------------------------ shared by the dense terms
 
@@ -258,10 +266,63 @@ class Step:
         return image_embeds[self.image_index], text_embeds[self.text_index], image_embeds[self.cf_images], text_embeds[self.cf_texts]
 
     @cached_property
-    def factual_logits(self):
-        """Factual pairs, local rows against gathered columns: (per image, per text, targets)."""
+    def factual_targets(self) -> torch.Tensor:
+        """Each local factual pair's gathered column."""
+        return self.targets(len(self.image_index), self.image_index.device)
+
+    @cached_property
+    def factual_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local factual images against the gathered factual texts ``[B, M]``, and each row's positive column."""
         image, text, _, _ = self.embeds
-        return self.local_vs_global(image, text)
+        return self.scores.matrix(image, self.gather(text)), self.factual_targets
+
+    @cached_property
+    def factual_logits_per_text(self) -> torch.Tensor:
+        """Local factual texts against the gathered factual images ``[B, M]`` (the InfoNCE terms' text side)."""
+        image, text, _, _ = self.embeds
+        return self.scores.matrix(self.gather(image), text).T
+
+    @cached_property
+    def factual_negatives(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local images against every counterfactual caption of the global batch ``[B, X]``, and the
+        mask of those that are negatives of each row (present, and not a true caption of its image)."""
+        image, _, _, cf_text = self.embeds
+        logits = self.scores.matrix(image, self.gather(cf_text.flatten(0, 1)))
+        mask = self.gather(self.cf_text_valid.flatten(), grad=False)
+        if self.keys is not None:
+            negative_text = self.gather(self.keys[1][..., 0].flatten(), grad=False)
+            mask = mask & _not_true_captions(self.factual_columns[0], self.factual_targets, negative_text)
+        return logits, mask
+
+    @cached_property
+    def grouping_pairs(self) -> dict[str, torch.Tensor | None]:
+        """The grouping terms' pairs, B factual then B*K complete counterfactual ones: their image and
+        text embeddings, which are real (``valid``), each local pair's gathered column (``targets``),
+        and the masks over the gathered columns: real pairs other than known positives
+        (``column_mask``), captions of text-only counterfactuals that are negatives (``negative_mask``)."""
+        image, text, cf_image, cf_text = self.embeds
+        cf_image_valid, cf_text_valid, keys = self.cf_image_valid, self.cf_text_valid, self.keys
+        valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
+        targets = self.targets(len(valid), valid.device)
+        # Text-only counterfactuals (no edited image) are not pairs, but their captions are hard
+        # negatives: the gathered pair columns already hold their scores, so they join as extra
+        # columns of the same logits (no second gather or matmul).
+        text_only = torch.cat([torch.zeros_like(valid[: len(image)]), (cf_text_valid & ~cf_image_valid).flatten()])
+        column_mask, negative_mask = self.gather(torch.stack([valid, text_only], dim=1), grad=False).unbind(dim=1)
+        if keys is not None:
+            # Invalid pairs carry placeholder keys: they are masked columns already, and are kept
+            # out of the pairs that make a caption true of an image.
+            columns = self.gather(torch.cat([keys[0], keys[1].flatten(0, 1)]), grad=False)
+            negative_mask = negative_mask & _not_true_captions(columns, targets, columns[:, 0], column_valid=column_mask)
+            column_mask = column_mask & _not_target_twins(columns, targets)
+        return {
+            "image": torch.cat([image, cf_image.flatten(0, 1)]),
+            "text": torch.cat([text, cf_text.flatten(0, 1)]),
+            "valid": valid,
+            "targets": targets,
+            "column_mask": column_mask,
+            "negative_mask": negative_mask,
+        }
 
     @cached_property
     def factual_columns(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -269,7 +330,7 @@ class Step:
         if self.keys is None:
             return None, None
         columns = self.gather(self.keys[0], grad=False)
-        return columns, _not_target_twins(columns, self.factual_logits[2])
+        return columns, _not_target_twins(columns, self.factual_targets)
 
     # ------------------------------------------------------------------ shared by the record-local terms
 
@@ -287,46 +348,53 @@ class Step:
 @register_term("align", "dense")
 def align(step: Step) -> torch.Tensor:
     """Symmetric InfoNCE on factual pairs (CLIP; CF-VLM's L_align)."""
-    logits_per_image, logits_per_text, targets = step.factual_logits
-    return clip_loss(logits_per_image, logits_per_text, targets, column_mask=step.factual_columns[1])
+    logits_per_image, targets = step.factual_logits
+    return clip_loss(logits_per_image, step.factual_logits_per_text, targets, column_mask=step.factual_columns[1])
 
 
 @register_term("negclip", "dense", counterfactual_texts=True)
 def negclip(step: Step) -> torch.Tensor:
     """InfoNCE whose image->text softmax also holds every counterfactual caption of the global batch (NegCLIP)."""
-    logits_per_image, logits_per_text, targets = step.factual_logits
-    columns, column_mask = step.factual_columns
-    image, _, _, cf_text = step.embeds
-    negatives, negative_mask = step.gather(cf_text.flatten(0, 1)), step.gather(step.cf_text_valid.flatten(), grad=False)
-    if step.keys is not None:
-        negative_text = step.gather(step.keys[1][..., 0].flatten(), grad=False)
-        negative_mask = negative_mask & _not_true_captions(columns, targets, negative_text)
+    logits_per_image, targets = step.factual_logits
+    negative_logits, negative_mask = step.factual_negatives
     return negclip_loss(
-        logits_per_image, step.scores.matrix(image, negatives), logits_per_text, targets, column_mask=column_mask, negative_mask=negative_mask
+        logits_per_image, negative_logits, step.factual_logits_per_text, targets, column_mask=step.factual_columns[1], negative_mask=negative_mask
     )
 
 
 @register_term("grouping", "dense", counterfactual_texts=True, counterfactual_images=True)
 def grouping(step: Step) -> torch.Tensor:
     """InfoNCE over factual and complete counterfactual pairs, each a positive of its own and a negative of the original."""
-    image, text, cf_image, cf_text = step.embeds
-    cf_image_valid, cf_text_valid, keys = step.cf_image_valid, step.cf_text_valid, step.keys
-    # Positives: B factual pairs followed by the B*K complete counterfactual pairs.
-    pair_valid = torch.cat([torch.ones_like(cf_image_valid[:, 0]), (cf_image_valid & cf_text_valid).flatten()])
-    logits_per_image, logits_per_text, targets = step.local_vs_global(torch.cat([image, cf_image.flatten(0, 1)]), torch.cat([text, cf_text.flatten(0, 1)]))
-    # Text-only counterfactuals (no edited image) are not pairs, but their captions are hard
-    # negatives: the gathered pair columns already hold their scores, so they join the
-    # image->text softmax as extra columns of the same logits (no second gather or matmul).
-    text_only = torch.cat([torch.zeros_like(pair_valid[: len(image)]), (cf_text_valid & ~cf_image_valid).flatten()])
-    column_mask, negative_mask = step.gather(torch.stack([pair_valid, text_only], dim=1), grad=False).unbind(dim=1)
-    if keys is not None:
-        # Invalid pairs carry placeholder keys: they are masked columns already, and are kept
-        # out of the pairs that make a caption true of an image.
-        columns = step.gather(torch.cat([keys[0], keys[1].flatten(0, 1)]), grad=False)
-        negative_mask = negative_mask & _not_true_captions(columns, targets, columns[:, 0], column_valid=column_mask)
-        column_mask = column_mask & _not_target_twins(columns, targets)
+    pairs = step.grouping_pairs
+    logits_per_image, logits_per_text, targets = step.local_vs_global(pairs["image"], pairs["text"])
     return negclip_loss(
-        logits_per_image, logits_per_image, logits_per_text, targets, row_mask=pair_valid, column_mask=column_mask, negative_mask=negative_mask
+        logits_per_image, logits_per_image, logits_per_text, targets,
+        row_mask=pairs["valid"], column_mask=pairs["column_mask"], negative_mask=pairs["negative_mask"],
+    )  # fmt: skip
+
+
+@register_term("sigmoid", "dense")
+def sigmoid(step: Step) -> torch.Tensor:
+    """SigLIP's sigmoid loss on factual pairs: each image-text score a binary logit, positive for the pair."""
+    logits_per_image, targets = step.factual_logits
+    return sigmoid_loss(logits_per_image, targets, column_mask=step.factual_columns[1])
+
+
+@register_term("sigmoid_negclip", "dense", counterfactual_texts=True)
+def sigmoid_negclip(step: Step) -> torch.Tensor:
+    """The sigmoid loss with every counterfactual caption of the global batch as extra negative columns (NegCLIP in sigmoid form)."""
+    logits_per_image, targets = step.factual_logits
+    negative_logits, negative_mask = step.factual_negatives
+    return sigmoid_loss(logits_per_image, targets, negative_logits, column_mask=step.factual_columns[1], negative_mask=negative_mask)
+
+
+@register_term("sigmoid_grouping", "dense", counterfactual_texts=True, counterfactual_images=True)
+def sigmoid_grouping(step: Step) -> torch.Tensor:
+    """The sigmoid loss over factual and complete counterfactual pairs, each a positive of its own and a negative of the original."""
+    pairs = step.grouping_pairs
+    logits, _, targets = step.local_vs_global(pairs["image"], pairs["text"], text_side=False)
+    return sigmoid_loss(
+        logits, targets, logits, row_mask=pairs["valid"], column_mask=pairs["column_mask"], negative_mask=pairs["negative_mask"]
     )
 
 

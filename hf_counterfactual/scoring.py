@@ -90,6 +90,13 @@ class DualEncoderScores:
         return self.pairwise(self.image_embeds[image_index], self.text_embeds[text_index])
 
 
+def text_padding(model) -> str | bool:
+    """How ``model``'s text tower wants a batch of texts padded: SigLIP's was trained on texts padded
+    to its full length and pools its last position (its docs: ``padding="max_length"``), so the
+    padding changes its embeddings; every other model pads to the longest text."""
+    return "max_length" if getattr(model.config, "model_type", "").startswith("siglip") else True
+
+
 class DualEncoderScorer:
     """Scores images against texts with a dual encoder (``CLIPModel``, ``SiglipModel``, or any model
     with ``get_image_features``, ``get_text_features``, ``logit_scale`` and optionally ``logit_bias``),
@@ -107,8 +114,7 @@ class DualEncoderScorer:
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
-        # SigLIP's text tower was trained on texts padded to its full length (its docs: padding="max_length").
-        self.text_padding = "max_length" if getattr(model.config, "model_type", "").startswith("siglip") else True
+        self.text_padding = text_padding(model)
 
     def _batches(self, items: Sequence, desc: str):
         starts = range(0, len(items), self.batch_size)

@@ -11,7 +11,7 @@ from transformers import Trainer
 
 from .collator import CounterfactualCollator
 from .model_card import build_model_card
-from .scoring import DualEncoderScores, has_logit_bias
+from .scoring import DualEncoderScores, has_logit_bias, text_padding
 from .training_args import CounterfactualTrainingArguments
 
 
@@ -64,6 +64,7 @@ class CounterfactualTrainer(Trainer):
                 counterfactual_fraction=args.counterfactual_fraction,
                 max_length=args.max_text_length or _text_positions(model),
                 truncation=args.truncate_texts,
+                padding=text_padding(model),
             )
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
         # compute_loss returns a per-batch mean: Trainer must divide by the accumulation steps itself.
@@ -94,7 +95,7 @@ class CounterfactualTrainer(Trainer):
             self._record(terms)
             return (loss, None) if return_outputs else loss
         outputs = model(
-            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
         )
         # Scale and bias as the forward applied them (readable under ZeRO-3, where the parameters are not).
         scores = DualEncoderScores.from_outputs(outputs, with_bias=self._with_bias)

@@ -646,3 +646,50 @@ def test_record_local_contrastive_loss_by_hand():
     assert alone.item() == pytest.approx(text_side, rel=1e-6)
     zero = record_local_contrastive_loss(factual, text, image, text_mask=none, image_mask=none)
     assert zero.item() == 0 and zero.requires_grad
+
+
+def naive_sigmoid_loss(logits, targets, negatives, row_mask, column_mask, negative_mask):
+    """Loops over SigLIP's equation: -log sigmoid(+/- logit) summed over each kept row's kept pairs."""
+    total, rows = 0.0, 0
+    for i in range(len(logits)):
+        if not row_mask[i]:
+            continue
+        rows += 1
+        for j in range(logits.shape[1]):
+            if j == targets[i] or column_mask[i][j]:
+                label = 1.0 if j == targets[i] else -1.0
+                total += math.log1p(math.exp(-label * float(logits[i][j])))
+        for x in range(negatives.shape[1]):
+            if negative_mask[i][x]:
+                total += math.log1p(math.exp(float(negatives[i][x])))
+    return total / max(rows, 1)
+
+
+def test_sigmoid_loss_matches_the_naive_equation_with_masks_and_gradients():
+    from hf_counterfactual.losses import sigmoid_loss
+
+    torch.manual_seed(0)
+    logits, negatives = torch.randn(4, 6, dtype=torch.float64) * 3, torch.randn(4, 5, dtype=torch.float64) * 3
+    targets = torch.tensor([1, 0, 5, 2])
+    row_mask = torch.tensor([True, True, False, True])
+    column_mask = torch.rand(4, 6) > 0.3
+    column_mask[0, 1] = False  # a masked target is still the row's positive
+    negative_mask = torch.rand(4, 5) > 0.4
+    value = sigmoid_loss(logits, targets, negatives, row_mask=row_mask, column_mask=column_mask, negative_mask=negative_mask)
+    assert value.item() == pytest.approx(naive_sigmoid_loss(logits, targets, negatives, row_mask, column_mask, negative_mask), rel=1e-10)
+    inputs = (logits.clone().requires_grad_(), negatives.clone().requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda a, b: sigmoid_loss(a, targets, b, row_mask=row_mask, column_mask=column_mask, negative_mask=negative_mask), inputs
+    )
+    # A left-out placeholder (the masked row's, a masked pair's) reaches neither the value nor the gradient.
+    poisoned = logits.clone()
+    poisoned[2] = float("nan")
+    poisoned[3, ~column_mask[3]] = float("inf")
+    poisoned[3, targets[3]] = logits[3, targets[3]]
+    poisoned.requires_grad_()
+    again = sigmoid_loss(poisoned, targets, negatives, row_mask=row_mask, column_mask=column_mask, negative_mask=negative_mask)
+    assert again.item() == pytest.approx(value.item(), rel=1e-12)
+    again.backward()
+    assert torch.isfinite(poisoned.grad).all() and (poisoned.grad[2] == 0).all()
+    with pytest.raises(ValueError, match="negative_logits must have N=4 rows"):
+        sigmoid_loss(logits, targets, negatives[:3])

@@ -308,3 +308,85 @@ def test_bad_loss_weights_are_errors(value, message):
         parse_loss_weights(value)
     with pytest.raises(ValueError, match=r"unknown loss term\(s\) \['triplet'\]"):
         CounterfactualObjective.from_preset("clip", "triplet=1")
+
+
+def sigmoid_reference(images, texts, scale, bias, extra_negatives=(), image_ids=None, text_ids=None, negative_ids=None):
+    """Naive SigLIP loss over the pairs ``(images[i], texts[i])``: for row (image) ``i``, the sum of
+    ``-log sigmoid(label * (scale * cos + bias))`` over its columns, label +1 for pair ``i`` and -1
+    for every pair sharing neither its image nor its text id, and -1 for each extra negative whose
+    id is not the text of a pair with image ``i``; averaged over rows."""
+    n = len(images)
+    image_ids = image_ids or [("image", i) for i in range(n)]
+    text_ids = text_ids or [("text", i) for i in range(n)]
+    negative_ids = negative_ids or [("negative", k) for k in range(len(extra_negatives))]
+    true_pairs = set(zip(image_ids, text_ids))
+    logsigmoid = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if j == i or (image_ids[j] != image_ids[i] and text_ids[j] != text_ids[i]):
+                total -= logsigmoid((1 if j == i else -1) * (scale * cos(images[i], texts[j]) + bias))
+        for t, t_id in zip(extra_negatives, negative_ids):
+            if (image_ids[i], t_id) not in true_pairs:
+                total -= logsigmoid(-(scale * cos(images[i], t) + bias))
+    return total / n
+
+
+def test_sigmoid_terms_match_the_naive_reference(setup):
+    out, batch, ref, scale = setup
+    bias = -3.0
+    objective = CounterfactualObjective(weights={"sigmoid": 1.0, "sigmoid_negclip": 1.0, "sigmoid_grouping": 1.0})
+    terms = objective(DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale), torch.tensor(bias)), batch)
+    images, texts = ref["image"], ref["text"]
+    cf_images = [im for row in ref["cf_image"] for im in row]
+    cf_texts = [t for row in ref["cf_text"] for t in row]
+    expected = {
+        "sigmoid": sigmoid_reference(images, texts, scale, bias),
+        "sigmoid_negclip": sigmoid_reference(images, texts, scale, bias, extra_negatives=cf_texts),
+        "sigmoid_grouping": sigmoid_reference(images + cf_images, texts + cf_texts, scale, bias),
+    }
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value, rel=1e-4), name
+    assert expected["sigmoid_negclip"] > expected["sigmoid"] + 1e-3  # the negatives count
+
+
+def test_sigmoid_term_is_siglips_own_loss_on_a_square_batch():
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    texts = processor.tokenizer(["a red circle", "a blue square", "a small green triangle"], padding="max_length", return_tensors="pt")
+    torch.manual_seed(0)
+    out = model(pixel_values=torch.randn(3, 3, 32, 32), input_ids=texts["input_ids"], attention_mask=texts["attention_mask"], return_loss=True)
+    batch = {"image_index": torch.arange(3), "text_index": torch.arange(3),
+             "cf_text_index": torch.full((3, 1), -1), "cf_image_index": torch.full((3, 1), -1)}  # fmt: skip
+    term = CounterfactualObjective(weights={"sigmoid": 1.0})(DualEncoderScores.from_outputs(out, with_bias=True), batch)["sigmoid"]
+    torch.testing.assert_close(term, out.loss, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(term, (model.logit_scale, model.logit_bias), retain_graph=True)
+    own = torch.autograd.grad(out.loss, (model.logit_scale, model.logit_bias))
+    for ours, theirs in zip(grads, own):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_siglip_trains_on_the_text_embeddings_it_is_evaluated_on(tmp_path):
+    """SigLIP pools its last position, so padding changes its text embeddings: the trainer's
+    collator pads as the evaluation scorer does (max_length), and the step's scores are the scorer's."""
+    from dummy_components import records_dataset
+
+    from hf_counterfactual import CounterfactualTrainer, CounterfactualTrainingArguments, DualEncoderScorer
+    from hf_counterfactual.scenes import SCENE_VOCABULARY, generate_record
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
+    records = [generate_record(i, "train", seed=0) for i in range(3)]
+    args = CounterfactualTrainingArguments(output_dir=str(tmp_path), report_to="none", objective="sigmoid-grouping", use_cpu=True)
+    trainer = CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor)
+    batch = trainer.data_collator(records)
+    assert batch["input_ids"].shape[1] == processor.tokenizer.model_max_length
+    with torch.no_grad():
+        train_side = F.normalize(model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).pooler_output, dim=-1)
+        longest = processor.tokenizer(batch["texts"], padding=True, return_tensors="pt")
+        unpadded = F.normalize(model.get_text_features(**longest).pooler_output, dim=-1)
+    evaluation_side = DualEncoderScorer(model, processor, show_progress=False).encode_texts(batch["texts"])
+    torch.testing.assert_close(train_side, evaluation_side, rtol=1e-4, atol=1e-5)
+    assert (unpadded - evaluation_side).abs().max() > 1e-3  # padding to the longest text would train on other embeddings

@@ -54,9 +54,9 @@ from .data import load_dataset_dict, select_split
 logger = logging.getLogger(__name__)
 
 TINY_BUILDERS = {"clip": "build_tiny_clip", "siglip": "build_tiny_siglip", "llava": "build_tiny_llava"}
-# The tiny model's pre-training (the stand-in for a pretrained checkpoint): InfoNCE for a dual
-# encoder, the caption language-model loss for a generative VLM.
-PRETRAINING_OBJECTIVE = {"clip": "clip", "siglip": "clip", "llava": "lm"}
+# The tiny model's pre-training (the stand-in for a pretrained checkpoint): each family's own loss,
+# InfoNCE for CLIP, the sigmoid loss for SigLIP, the caption language-model loss for LLaVA.
+PRETRAINING_OBJECTIVE = {"clip": "clip", "siglip": "sigmoid", "llava": "lm"}
 
 # Defaults of the embedded default run (used when --model_name_or_path is not given): fine-tuning
 # of the pretrained start; ModelArguments.pretrain_* set its pre-training.
@@ -103,7 +103,7 @@ class ModelArguments:
         default=8,
         metadata={
             "help": "Tiny default model only: epochs of pre-training on the factual pairs before fine-tuning (InfoNCE; "
-            "the captioning loss for LLaVA, 24 epochs by default) as the stand-in for a pretrained checkpoint; 0: fine-tune the random initialisation."
+            "the sigmoid loss for SigLIP, the captioning loss for LLaVA, 24 epochs by default) as the stand-in for a pretrained checkpoint; 0: fine-tune the random initialisation."
         },
     )
     pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "Tiny default model only: pre-training learning rate."})
@@ -163,7 +163,7 @@ def load_model(model_args: ModelArguments, training_args: CounterfactualTraining
 
 
 def pretrained_start(model, processor, model_args: ModelArguments, training_args, train: datasets.Dataset):
-    """``model`` after InfoNCE pre-training on the factual pairs of ``train``, from the cache when
+    """``model`` after pre-training on the factual pairs of ``train`` (:data:`PRETRAINING_OBJECTIVE`), from the cache when
     one was made with the same settings (a cache made otherwise is retrained, never reused)."""
     cache = model_args.pretrained_start_dir or os.path.join(training_args.output_dir, "pretrained-start")
     settings = {
@@ -356,7 +356,7 @@ def tiny_start(model_args: ModelArguments) -> str:
     """What the embedded default fine-tunes, in words (the model card's summary)."""
     name = {"clip": "CLIP", "siglip": "SigLIP", "llava": "LLaVA"}[model_args.model_type]
     if model_args.pretrain_epochs > 0:
-        how = "InfoNCE" if PRETRAINING_OBJECTIVE[model_args.model_type] == "clip" else "the captioning loss"
+        how = {"clip": "InfoNCE", "sigmoid": "the sigmoid loss", "lm": "the captioning loss"}[PRETRAINING_OBJECTIVE[model_args.model_type]]
         return f"a tiny {name} built from a config, pre-trained with {how} on the factual pairs for {model_args.pretrain_epochs:g} epochs"
     return f"a tiny {name} built from a config (random initialisation)"
 
