@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Which encoder is blind to left/right and above/below? Linear probes for object order, per layer.
+"""Which encoder is blind to left/right and above/below? Linear probes for object order, per layer
+(a CLIP or a SigLIP).
 
 For two-object scenes (horizontal pairs for left/right, vertical pairs for above/below) and their
 mirror images, the label is whether the canonically first of the two objects (by shape, colour,
@@ -15,6 +16,7 @@ It also prints the mean cosine between the image embedding of a scene and of its
 (1.0: the image embedding cannot tell them apart)::
 
     python benchmarks/probe_order.py --model_name_or_path outputs/cf-clip-tiny
+    python benchmarks/probe_order.py --model_name_or_path runs/ablation-siglip/sigmoid-seed0
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import random
 import torch
 import torch.nn.functional as F
 from linear_probe import probe_accuracy  # benchmarks/linear_probe.py
-from transformers import AutoProcessor, CLIPModel
+from transformers import AutoModel, AutoProcessor
 
 from hf_counterfactual.scenes import describe, mirror_left_right, render_scene, sample_scene, swap_rows
+from hf_counterfactual.scoring import text_padding
 
 
 def order_scenes(layout: str, count: int, seed: int):
@@ -47,19 +50,22 @@ def order_scenes(layout: str, count: int, seed: int):
 
 @torch.no_grad()
 def representations(model, processor, scenes, image_size: int) -> dict[str, torch.Tensor]:
+    """Each representation of the scenes (images) and their captions (texts), CLIP or SigLIP."""
     images = [render_scene(s, image_size) for s in scenes]
     pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     vision = model.vision_model(pixel_values=pixel_values, output_hidden_states=True)
-    texts = processor.tokenizer([describe(s) for s in scenes], padding=True, return_tensors="pt")
+    texts = processor.tokenizer([describe(s) for s in scenes], padding=text_padding(model), return_tensors="pt")
     text = model.text_model(**texts, output_hidden_states=True)
     reps = {
-        "image embedding": model.visual_projection(vision.pooler_output),
+        "image embedding": model.get_image_features(pixel_values=pixel_values).pooler_output,
         "image pooled": vision.pooler_output,
     }
+    patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     for layer, hidden in enumerate(vision.hidden_states):
-        reps[f"image patch tokens, layer {layer}"] = hidden[:, 1:].flatten(1)
-    reps["text embedding"] = model.text_projection(text.pooler_output)
-    reps["text tokens, last layer"] = (text.last_hidden_state * texts["attention_mask"][..., None]).flatten(1)
+        reps[f"image patch tokens, layer {layer}"] = hidden[:, -patches:].flatten(1)  # without CLIP's class token
+    reps["text embedding"] = model.get_text_features(**texts).pooler_output
+    mask = texts["attention_mask"] if "attention_mask" in texts else torch.ones_like(texts["input_ids"])
+    reps["text tokens, last layer"] = (text.last_hidden_state * mask[..., None]).flatten(1)
     return reps
 
 
@@ -69,7 +75,7 @@ def main() -> None:
     parser.add_argument("--num_scenes", type=int, default=300, help="Probe-train scenes per layout (plus their mirrors).")
     parser.add_argument("--image_size", type=int, default=64, help="Rendering size (the processor resizes).")
     args = parser.parse_args()
-    model = CLIPModel.from_pretrained(args.model_name_or_path).eval()
+    model = AutoModel.from_pretrained(args.model_name_or_path).eval()  # a CLIPModel or a SiglipModel
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
 
     for layout, question in (("horizontal", "left/right"), ("vertical", "above/below")):
