@@ -140,6 +140,8 @@ class CounterfactualCollator:
         max_length: longest tokenized text allowed (the text encoder's positions).
         truncation: cut longer texts to ``max_length``. Off by default: cutting can erase the very
             words a counterfactual edited, so a long text is an error instead.
+        use_paraphrases: add one random paraphrase of each record that has any (``paraphrase_index``
+            ``[B]``, a text row, -1 where a record has none), for paraphrase alignment (READ-CLIP).
         padding: ``True`` (to the longest text) or ``"max_length"`` (every text to ``max_length``:
             what SigLIP's text tower needs, see :func:`~hf_counterfactual.scoring.text_padding`).
             The batch holds ``attention_mask`` only where the tokenizer returns one by default
@@ -154,6 +156,7 @@ class CounterfactualCollator:
     max_length: int | None = None
     truncation: bool = False
     padding: bool | str = True
+    use_paraphrases: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.counterfactual_fraction <= 1.0:
@@ -185,6 +188,14 @@ class CounterfactualCollator:
             images.append(load_image(record["image"], f"{where}, field 'image'"))
             text_index[b] = texts.add(normalize_caption(record["caption"]), record["caption"].strip())
 
+        paraphrase_index = torch.full((batch_size,), -1, dtype=torch.long)
+        if self.use_paraphrases:
+            for b, record in enumerate(records):
+                paraphrases = record.get("paraphrases") or []
+                if paraphrases:
+                    chosen = paraphrases[int(torch.randint(len(paraphrases), ()))]
+                    paraphrase_index[b] = texts.add(normalize_caption(chosen), chosen.strip())
+
         # Counterfactual images come after all B factual images: image rows 0..B-1 are the factual ones.
         if k:
             use = torch.rand(batch_size) < self.counterfactual_fraction
@@ -207,6 +218,7 @@ class CounterfactualCollator:
         text_keys = [content_key(ids[mask.bool()]) for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
         text_rows, new_text_row, text_key = _merge_equal_rows(text_keys)
         text_index, cf_text_index = new_text_row[text_index], _remap(cf_text_index, new_text_row)
+        paraphrase_index = _remap(paraphrase_index, new_text_row)
         _reject_counterfactuals_read_as_their_caption(records, text_index, cf_text_index)
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         # An identical image (the same photo in two records) is encoded once.
@@ -224,6 +236,7 @@ class CounterfactualCollator:
             "text_key": text_key,
             "image_key": image_key,
             "texts": [texts.items[row] for row in text_rows],
+            **({"paraphrase_index": paraphrase_index} if self.use_paraphrases else {}),
         }
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,11 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
 - ``grouping``: symmetric InfoNCE over factual AND complete counterfactual pairs: each counterfactual
   pair is a positive of its own and a negative of the original (CounterCurate grouping, TripletCLIP).
   Text-only counterfactuals join as hard-negative captions.
+- ``sigmoid``, ``sigmoid_negclip``, ``sigmoid_grouping``: SigLIP's pairwise sigmoid loss (each score
+  ``S = scale * cosine + bias`` a binary logit) over the same columns as ``align``, ``negclip`` and
+  ``grouping`` (image rows; the loss has no second direction).
+- ``paraphrase``: READ-CLIP's sentence-level alignment, InfoNCE from each record's paraphrase to the
+  captions of the global batch (``scale * cosine``, one direction).
 - ``csd``: CF-VLM ``L_csd``, hinge ``S(Ia, Ta) >= S(Icf_k, Tcf_k) + m1`` over the K complete pairs.
 - ``fcd``: CF-VLM ``L_fcd``, hinge ``S(Ia, Ta) >= max_j S(Icf_j, Ta) + m2`` (hardest edited image,
   original text).
@@ -25,7 +30,7 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
   complete counterfactual pair, the factual image and the edited image are each asked which of
   the two captions (in a random order) describes it; the loss is the NLL of the right letter.
 
-What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``) score
+What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``, the sigmoid terms, ``paraphrase``) score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
 ``pairs`` terms (``csd``, ``fcd``, ``local``) ask only for pairs of a record with its own
 counterfactuals, which any scorer gives (a generative VLM too). :meth:`CounterfactualObjective.check`
@@ -59,7 +64,7 @@ from functools import cached_property
 import torch
 
 from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
-from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, negclip_loss
+from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, info_nce, negclip_loss
 from .losses import record_local_contrastive_loss, sigmoid_loss
 from .vlm_scoring import VQA_ANSWER, VQA_NO
 
@@ -74,8 +79,9 @@ class Term:
         name: what presets, ``--loss_weights`` and the logs (``loss/<name>``) call it.
         needs: ``dense`` (all-pairs scores of a dual encoder), ``pairs`` (a record's own pairs, any
             scorer) or ``generative`` (a generative VLM's answers or caption likelihood).
-        counterfactual_texts, counterfactual_images: whether it reads the records' counterfactual
-            captions / edited images (the collator encodes them only when some term does).
+        counterfactual_texts, counterfactual_images, paraphrases: whether it reads the records'
+            counterfactual captions / edited images / paraphrases (the collator encodes them only
+            when some term does).
         compute: ``compute(step) -> scalar`` for a :class:`Step`.
     """
 
@@ -83,6 +89,7 @@ class Term:
     needs: str
     counterfactual_texts: bool
     counterfactual_images: bool
+    paraphrases: bool
     compute: Callable[["Step"], torch.Tensor]
 
     @property
@@ -94,7 +101,7 @@ class Term:
 TERMS: dict[str, Term] = {}
 
 
-def register_term(name: str, needs: str, counterfactual_texts: bool = False, counterfactual_images: bool = False):
+def register_term(name: str, needs: str, counterfactual_texts: bool = False, counterfactual_images: bool = False, paraphrases: bool = False):
     """Registers the decorated ``compute(step)`` as the loss term ``name`` (see :class:`Term`)."""
     if needs not in NEEDS:
         raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
@@ -102,7 +109,7 @@ def register_term(name: str, needs: str, counterfactual_texts: bool = False, cou
     def decorator(compute: Callable[["Step"], torch.Tensor]):
         if name in TERMS:
             raise ValueError(f"a loss term {name!r} is registered already")
-        TERMS[name] = Term(name, needs, counterfactual_texts, counterfactual_images, compute)
+        TERMS[name] = Term(name, needs, counterfactual_texts, counterfactual_images, paraphrases, compute)
         return compute
 
     return decorator
@@ -204,6 +211,10 @@ class CounterfactualObjective:
     @property
     def uses_counterfactual_images(self) -> bool:
         return any(TERMS[term].counterfactual_images for term in self.weights)
+
+    @property
+    def uses_paraphrases(self) -> bool:
+        return any(TERMS[term].paraphrases for term in self.weights)
 
     def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms returned by :meth:`__call__`."""
@@ -396,6 +407,17 @@ def sigmoid_grouping(step: Step) -> torch.Tensor:
     return sigmoid_loss(
         logits, targets, logits, row_mask=pairs["valid"], column_mask=pairs["column_mask"], negative_mask=pairs["negative_mask"]
     )
+
+
+@register_term("paraphrase", "dense", paraphrases=True)
+def paraphrase(step: Step) -> torch.Tensor:
+    """READ-CLIP's paraphrase alignment: InfoNCE from each record's paraphrase to the captions of the global batch (scale * cosine, one direction)."""
+    index = step.batch["paraphrase_index"]
+    _, caption, _, _ = step.embeds
+    rows = step.scores.text_embeds[index.clamp(min=0)]
+    logits = step.scores.scale * rows @ step.gather(caption).T  # text-text: no image-text bias
+    # A caption of the same image or with the same text as a row's own is not a negative.
+    return info_nce(logits, step.factual_targets, row_mask=index >= 0, column_mask=step.factual_columns[1])
 
 
 @register_term("csd", "pairs", counterfactual_texts=True, counterfactual_images=True)

@@ -61,6 +61,7 @@ class CounterfactualTrainer(Trainer):
                 num_counterfactuals=args.num_counterfactuals,
                 use_counterfactual_texts=self.objective.uses_counterfactual_texts,
                 use_counterfactual_images=self.objective.uses_counterfactual_images,
+                use_paraphrases=self.objective.uses_paraphrases,
                 counterfactual_fraction=args.counterfactual_fraction,
                 max_length=args.max_text_length or _text_positions(model),
                 truncation=args.truncate_texts,

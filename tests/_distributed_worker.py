@@ -91,14 +91,16 @@ def main() -> int:
     model = model.double().train()
     for p in model.parameters():  # identical start on every rank, as DDP ensures
         dist.broadcast(p.data, src=0)
+    # One paraphrase each: the paraphrase term's pick is then the same in the local and the global collation.
     records = [generate_record(i, "train", seed=0, image_size=32) for i in range(PER_RANK * world)]
+    records = [{**r, "paraphrases": r["paraphrases"][:1]} for r in records]
     # The same records with their last counterfactual text-only (no edited image): exercises the
     # masks (grouping's hard-negative captions, csd/fcd's missing images). Every rank holds as many
     # valid entries, so the mean of the local means is the global mean.
     text_only = [
         {**r, "counterfactuals": [*r["counterfactuals"][:-1], {**r["counterfactuals"][-1], "image": None}]} for r in records
     ]
-    collator = CounterfactualCollator(processor, num_counterfactuals=K, counterfactual_fraction=1.0)
+    collator = CounterfactualCollator(processor, num_counterfactuals=K, counterfactual_fraction=1.0, use_paraphrases=True)
     terms = [name for name, term in TERMS.items() if term.needs != "generative"]  # a CLIP: no caption likelihood
     cases = [(term, {term: 1.0}) for term in terms] + [("all", {term: 1.0 for term in terms})]
     duplicates = shared_across_ranks(records)

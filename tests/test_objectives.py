@@ -1,5 +1,6 @@
 """The objective's index plumbing against naive per-record loops over the papers' equations."""
 
+import dataclasses
 import math
 
 import pytest
@@ -390,3 +391,41 @@ def test_siglip_trains_on_the_text_embeddings_it_is_evaluated_on(tmp_path):
     evaluation_side = DualEncoderScorer(model, processor, show_progress=False).encode_texts(batch["texts"])
     torch.testing.assert_close(train_side, evaluation_side, rtol=1e-4, atol=1e-5)
     assert (unpadded - evaluation_side).abs().max() > 1e-3  # padding to the longest text would train on other embeddings
+
+
+def test_paraphrase_term_is_read_clips_one_way_infonce_from_paraphrase_to_captions():
+    """READ-CLIP's L_para by a naive loop: row = a record's paraphrase, columns = every caption of the
+    batch (scale * cosine, no bias), positive = its own caption; a record without a paraphrase has no row."""
+    model, processor, records = get_dummy_components(num_records=5)
+    records[2] = {**records[2], "paraphrases": []}
+    torch.manual_seed(0)
+    batch = CounterfactualCollator(processor, num_counterfactuals=0, use_paraphrases=True)(records)
+    index = batch["paraphrase_index"]
+    assert index[2] == -1 and (index[[0, 1, 3, 4]] >= 0).all()
+    assert all(batch["texts"][int(index[b])] in [p.strip() for p in records[b]["paraphrases"]] for b in (0, 1, 3, 4))
+    out = encode_batch(model, batch)
+    scale, bias = model.logit_scale.exp().item(), 5.0  # a bias must not enter a text-text score
+    terms = CounterfactualObjective(weights={"paraphrase": 1.0})(
+        DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale), torch.tensor(bias)), batch
+    )
+    texts = out.text_embeds.tolist()
+    captions = [texts[int(t)] for t in batch["text_index"]]
+    losses = [nll([scale * cos(texts[int(index[b])], c) for c in captions], b) for b in (0, 1, 3, 4)]
+    assert terms["paraphrase"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+
+
+def test_the_trainer_collates_paraphrases_only_for_a_term_that_reads_them(tmp_path):
+    from dummy_components import records_dataset
+
+    from hf_counterfactual import CounterfactualTrainer, CounterfactualTrainingArguments
+
+    model, processor, records = get_dummy_components(num_records=4)
+    for weights, expected in (("paraphrase=0.5", True), (None, False)):
+        args = CounterfactualTrainingArguments(output_dir=str(tmp_path), report_to="none", objective="negclip", loss_weights=weights, use_cpu=True,
+                                               max_steps=1, per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)  # fmt: skip
+        trainer = CounterfactualTrainer(model=model, args=args, train_dataset=records_dataset(records), processing_class=processor)
+        assert ("paraphrase_index" in trainer.data_collator(records)) == expected
+    trainer = CounterfactualTrainer(model=model, args=dataclasses.replace(args, loss_weights="paraphrase=0.5"),
+                                    train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
+    trainer.train()
+    assert {"loss/negclip", "loss/paraphrase"} <= set(trainer.state.log_history[0])
