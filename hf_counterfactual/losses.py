@@ -133,6 +133,27 @@ def _expand_column_mask(mask: Tensor, n: int, m: int, name: str, logits_name: st
     raise ValueError(f"{name} must have shape [M]=({m},) or [N, M]={(n, m)} to match {logits_name}, got {_shape(mask)}")
 
 
+def _valid_columns(mask: Tensor | None, n: int, m: int, name: str, logits_name: str, device: torch.device) -> Tensor:
+    """:func:`_expand_column_mask` of ``mask``, or every column valid when it is None."""
+    if mask is None:
+        return torch.ones(n, m, dtype=torch.bool, device=device)
+    return _expand_column_mask(mask, n, m, name, logits_name)
+
+
+def _check_row_mask(row_mask: Tensor, n: int, logits_name: str) -> None:
+    _check_bool(row_mask, "row_mask")
+    if _shape(row_mask) != (n,):
+        raise ValueError(f"row_mask must have shape [N]=({n},) to match {logits_name}, got {_shape(row_mask)}")
+
+
+def _check_negative_logits(negative_logits: Tensor, n: int, logits_name: str) -> int:
+    """Validates hard-negative columns ``[N, X]`` against the ``N`` rows of ``logits_name``; returns ``X``."""
+    _check_2d(negative_logits, "negative_logits")
+    if negative_logits.shape[0] != n:
+        raise ValueError(f"negative_logits must have N={n} rows like {logits_name} (shape [N, X]), got {_shape(negative_logits)}")
+    return negative_logits.shape[1]
+
+
 def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     """Mean of ``values`` over ``valid`` entries; a connected zero when none is valid.
 
@@ -182,9 +203,7 @@ def info_nce(
         valid = _expand_column_mask(column_mask, n, m, "column_mask", f"logits {(n, m)}")
     row_valid = None
     if row_mask is not None:
-        _check_bool(row_mask, "row_mask")
-        if _shape(row_mask) != (n,):
-            raise ValueError(f"row_mask must have shape [N]=({n},) to match logits {(n, m)}, got {_shape(row_mask)}")
+        _check_row_mask(row_mask, n, f"logits {(n, m)}")
         row_valid = row_mask
         # Fold the row mask into the element mask: an excluded row becomes all-masked, so
         # whatever it held (even NaN) never reaches the value or the gradient.
@@ -293,29 +312,15 @@ def negclip_loss(
     """
     logits_per_text = _resolve_text_logits(logits_per_image, logits_per_text)
     n, m = logits_per_image.shape
-    _check_2d(negative_logits, "negative_logits")
-    if negative_logits.shape[0] != n:
-        raise ValueError(
-            f"negative_logits must have shape [N, X] with N={n} rows like logits_per_image {(n, m)}, "
-            f"got {_shape(negative_logits)}"
-        )
-    x = negative_logits.shape[1]
+    x = _check_negative_logits(negative_logits, n, f"logits_per_image {(n, m)}")
     # Targets index the real texts only; validate against M here so the message is not about M + X.
     targets = _resolve_targets(targets, n, m, logits_per_image.device, "logits_per_image")
 
     i2t_mask = None
     if negative_mask is not None or column_mask is not None:
         device = logits_per_image.device
-        real_valid = (
-            _expand_column_mask(column_mask, n, m, "column_mask", f"logits_per_image {(n, m)}")
-            if column_mask is not None
-            else torch.ones(n, m, dtype=torch.bool, device=device)
-        )
-        neg_valid = (
-            _expand_column_mask(negative_mask, n, x, "negative_mask", f"negative_logits {(n, x)}")
-            if negative_mask is not None
-            else torch.ones(n, x, dtype=torch.bool, device=device)
-        )
+        real_valid = _valid_columns(column_mask, n, m, "column_mask", f"logits_per_image {(n, m)}", device)
+        neg_valid = _valid_columns(negative_mask, n, x, "negative_mask", f"negative_logits {(n, x)}", device)
         i2t_mask = torch.cat([real_valid, neg_valid], dim=1)
     # Mixed dtypes (e.g. bf16 logits, fp32 negatives) are fine: info_nce upcasts anyway.
     dtype = torch.promote_types(logits_per_image.dtype, negative_logits.dtype)
@@ -509,30 +514,17 @@ def sigmoid_loss(
     dtype = _compute_dtype(logits, "logits")
     labels = -torch.ones(n, m, dtype=dtype, device=logits.device)
     labels[torch.arange(n, device=logits.device), targets] = 1.0
-    keep = (
-        _expand_column_mask(column_mask, n, m, "column_mask", f"logits {(n, m)}").clone()
-        if column_mask is not None
-        else torch.ones(n, m, dtype=torch.bool, device=logits.device)
-    )
+    keep = _valid_columns(column_mask, n, m, "column_mask", f"logits {(n, m)}", logits.device).clone()
     keep[torch.arange(n, device=logits.device), targets] = True
     parts_logits, parts_labels, parts_keep = [logits.to(dtype)], [labels], [keep]
     if negative_logits is not None:
-        _check_2d(negative_logits, "negative_logits")
-        if negative_logits.shape[0] != n:
-            raise ValueError(f"negative_logits must have N={n} rows like logits {(n, m)}, got {_shape(negative_logits)}")
-        x = negative_logits.shape[1]
+        x = _check_negative_logits(negative_logits, n, f"logits {(n, m)}")
         parts_logits.append(negative_logits.to(dtype))
         parts_labels.append(-torch.ones(n, x, dtype=dtype, device=logits.device))
-        parts_keep.append(
-            _expand_column_mask(negative_mask, n, x, "negative_mask", f"negative_logits {(n, x)}")
-            if negative_mask is not None
-            else torch.ones(n, x, dtype=torch.bool, device=logits.device)
-        )
+        parts_keep.append(_valid_columns(negative_mask, n, x, "negative_mask", f"negative_logits {(n, x)}", logits.device))
     keep = torch.cat(parts_keep, dim=1)
     if row_mask is not None:
-        _check_bool(row_mask, "row_mask")
-        if _shape(row_mask) != (n,):
-            raise ValueError(f"row_mask must have shape [N]=({n},) to match logits {(n, m)}, got {_shape(row_mask)}")
+        _check_row_mask(row_mask, n, f"logits {(n, m)}")
         keep = keep & row_mask.unsqueeze(1)
     # Left-out pairs are replaced before the loss, not multiplied by 0 after: a placeholder (even inf
     # or NaN) then reaches neither the value nor the gradient.

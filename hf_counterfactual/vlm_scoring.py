@@ -238,23 +238,22 @@ class VLMScores:
 
     def pairs(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """``S(image_index[..], text_index[..])`` (indices broadcast against each other)."""
-        return self._scores_of(self.scorer.method, image_index, text_index)
+        method = self.scorer.method
+        return self._grid(method, method, image_index, text_index, lambda text: _pair_request(self.scorer, method, text))
 
     def log_likelihood(self, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
         """Mean log-probability per token of each text as the image's caption (``loglik_mean``,
         whatever the training score is): what the language-model term ``lm`` maximises."""
-        return self._scores_of("loglik_mean", image_index, text_index)
+        return self._grid("loglik_mean", "loglik_mean", image_index, text_index, lambda text: _pair_request(self.scorer, "loglik_mean", text))
 
     def answer_nll(self, image_index: torch.Tensor, text_index: torch.Tensor, answer: str) -> torch.Tensor:
         """Mean NLL per token of ``answer`` to :data:`VQA_QUESTION` about each text and image (the
         generative classification of the term ``yesno``: ``Yes`` for a true caption, ``No`` for a false one)."""
-        image_index, text_index = torch.broadcast_tensors(image_index, text_index)
-        keys = [("answer", i, j, answer) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
 
-        def request(key):
-            return self.scorer.prompt(VQA_QUESTION.format(caption=self.texts[key[2]])), self.scorer.answer(answer)
+        def request(text):
+            return self.scorer.prompt(VQA_QUESTION.format(caption=text)), self.scorer.answer(answer)
 
-        return -self._score(keys, request, "loglik_mean").view(image_index.shape)
+        return -self._grid(("answer", answer), "loglik_mean", image_index, text_index, request)
 
     def choice_nll(self, image_index: torch.Tensor, correct: torch.Tensor, other: torch.Tensor, correct_first: torch.Tensor) -> torch.Tensor:
         """CounterCurate's multiple-choice loss: for each question, the image ``image_index``, the
@@ -270,10 +269,12 @@ class VLMScores:
 
         return -self._score(keys, request, "loglik").view(image_index.shape)
 
-    def _scores_of(self, method: str, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+    def _grid(self, tag, method: str, image_index: torch.Tensor, text_index: torch.Tensor, request_for_text) -> torch.Tensor:
+        """The scores of every (image, text) of the broadcast indices, keyed ``(tag, image, text)``:
+        ``request_for_text(text)`` gives the (prompt ids, answer ids), ``method`` how the answer is scored."""
         image_index, text_index = torch.broadcast_tensors(image_index, text_index)
-        keys = [(method, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
-        return self._score(keys, lambda key: _pair_request(self.scorer, method, self.texts[key[2]]), method).view(image_index.shape)
+        keys = [(tag, i, j) for i, j in zip(image_index.flatten().tolist(), text_index.flatten().tolist())]
+        return self._score(keys, lambda key: request_for_text(self.texts[key[2]]), method).view(image_index.shape)
 
     def _compute(self, items: list[tuple[tuple, object, str]]) -> None:
         """Scores ``(key, request, method)`` items in one :meth:`VLMScorer.next_token_logprobs` call."""

@@ -18,9 +18,10 @@ def records_dataset(records) -> datasets.Dataset:
     return datasets.Dataset.from_list(records, features=COUNTERFACTUAL_FEATURES)
 
 
-def save_tiny_clip(path) -> str:
-    """Saves a tiny CLIP and its processor to ``path`` (what ``hf-cf evaluate`` loads); returns the path."""
-    model, processor = build_tiny_clip(SCENE_VOCABULARY)
+def save_tiny_model(path, build=build_tiny_clip) -> str:
+    """Saves the tiny model ``build`` makes (a ``tiny_models.build_tiny_*``; default CLIP) and its
+    processor to ``path``, what ``from_pretrained`` and ``hf-cf`` load; returns the path."""
+    model, processor = build(SCENE_VOCABULARY)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)

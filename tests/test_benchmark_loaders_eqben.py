@@ -194,9 +194,9 @@ def test_cli_runs_eqben(eqben, tmp_path):
     import json
 
     from hf_counterfactual.cli import main
-    from dummy_components import save_tiny_clip
+    from dummy_components import save_tiny_model
 
-    save_tiny_clip(tmp_path / "model")
+    save_tiny_model(tmp_path / "model")
     annotations, images, pairs = eqben
     out = tmp_path / "results.json"
     main(["evaluate", "--model_name_or_path", str(tmp_path / "model"), "--no_progress", "--output_file", str(out),

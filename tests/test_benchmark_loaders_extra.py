@@ -238,9 +238,9 @@ def test_crepe_errors_name_file_and_row(crepe, tmp_path):
 
 def test_cli_runs_vl_checklist_and_crepe(checklist, crepe, tmp_path):
     from hf_counterfactual.cli import main
-    from dummy_components import save_tiny_clip
+    from dummy_components import save_tiny_model
 
-    save_tiny_clip(tmp_path / "model")
+    save_tiny_model(tmp_path / "model")
     (data, dataset), (prod, _, vg) = checklist, crepe
     out = tmp_path / "results.json"
     main(["evaluate", "--model_name_or_path", str(tmp_path / "model"), "--no_progress", "--output_file", str(out),

@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from dummy_components import save_tiny_clip
+from dummy_components import save_tiny_model
 from generation_fixtures import english_pipeline, write_coco_photos
 from hf_counterfactual.cli import main, shipped_configs
 from hf_counterfactual.commands import UsageError, generate, train
@@ -104,7 +104,7 @@ def test_splits_accumulate_in_one_folder_and_reruns_with_other_flags_are_refused
 
     # Training on it with the default --test_split names the splits there are.
     with pytest.raises(UsageError, match=r"--test_split 'test'.*splits are \['train', 'val'\]"):
-        train.main(["--model_name_or_path", save_tiny_clip(tmp_path / "clip"), "--dataset_name", str(out), "--output_dir", str(tmp_path / "t")])
+        train.main(["--model_name_or_path", save_tiny_model(tmp_path / "clip"), "--dataset_name", str(out), "--output_dir", str(tmp_path / "t")])
 
     # The same split with other flags: refused, naming the difference; resumable with the same flags.
     with pytest.raises(UsageError, match=r"other settings \(edits: 'attribute,position' -> 'attribute'\)"):
@@ -192,12 +192,9 @@ def test_help_shows_the_defaults_of_a_real_checkpoint(capsys):
 
 
 def test_evaluate_scores_a_saved_siglip(tmp_path):
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
     from hf_counterfactual.tiny_models import build_tiny_siglip
 
-    model, processor = build_tiny_siglip(SCENE_VOCABULARY)
-    model.save_pretrained(tmp_path / "siglip")
-    processor.save_pretrained(tmp_path / "siglip")
+    save_tiny_model(tmp_path / "siglip", build_tiny_siglip)
     out = tmp_path / "results.json"
     assert main(["evaluate", "--model_name_or_path", str(tmp_path / "siglip"), "--benchmarks", "procedural", "--num_test_scenes", "4",
                  "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--output_file", str(out)]) == 0  # fmt: skip
@@ -208,12 +205,9 @@ def test_evaluate_scores_a_saved_siglip(tmp_path):
 
 @pytest.mark.parametrize("score", ["vqascore", "choice"])
 def test_evaluate_scores_a_saved_llava(tmp_path, score):
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
     from hf_counterfactual.tiny_models import build_tiny_llava
 
-    model, processor = build_tiny_llava(SCENE_VOCABULARY)
-    model.save_pretrained(tmp_path / "llava")
-    processor.save_pretrained(tmp_path / "llava")
+    save_tiny_model(tmp_path / "llava", build_tiny_llava)
     out = tmp_path / "results.json"
     assert main(["evaluate", "--model_name_or_path", str(tmp_path / "llava"), "--score", score, "--benchmarks", "procedural",
                  "--num_test_scenes", "3", "--cache_dir", str(tmp_path / "cache"), "--no_progress", "--output_file", str(out)]) == 0  # fmt: skip
@@ -222,6 +216,6 @@ def test_evaluate_scores_a_saved_llava(tmp_path, score):
 
 
 def test_score_flag_on_a_dual_encoder_is_an_error(tmp_path, capsys):
-    assert main(["evaluate", "--model_name_or_path", save_tiny_clip(tmp_path / "clip"), "--score", "vqascore", "--num_test_scenes", "2",
+    assert main(["evaluate", "--model_name_or_path", save_tiny_model(tmp_path / "clip"), "--score", "vqascore", "--num_test_scenes", "2",
                  "--cache_dir", str(tmp_path / "cache")]) == 2  # fmt: skip
     assert "--score vqascore" in capsys.readouterr().err

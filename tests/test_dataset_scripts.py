@@ -49,10 +49,10 @@ def test_procedural_scenes_both_configs_load_as_the_builder_makes_them(tmp_path,
     assert not list(tmp_path.glob(".building-*"))
 
     # hf-cf evaluate reads a named configuration of it; the other configuration is not records, and says so.
-    from dummy_components import save_tiny_clip
+    from dummy_components import save_tiny_model
     from hf_counterfactual.commands import UsageError, evaluate
 
-    model = save_tiny_clip(tmp_path / "clip")
+    model = save_tiny_model(tmp_path / "clip")
     flags = ["--model_name_or_path", model, "--benchmarks", "records", "--records_dataset", str(out), "--cache_dir", cache, "--no_progress"]
     results = evaluate.main([*flags, "--records_config_name", "default"])["records"]
     assert results["all"]["count"] >= 4

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dummy_components import save_tiny_model
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,24 +115,21 @@ def test_hf_cf_train_accelerate_two_processes(subprocess_env, tmp_path):
 # ----------------------------------------------------------------------------- c. DeepSpeed
 
 
+def deepspeed_worker(config, model_dir, output_dir, env, *extra: str) -> dict:
+    """The RESULT of ``tests/_deepspeed_worker.py`` on 2 processes (``config`` ``none``: plain DDP)."""
+    return result_line(run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(model_dir), str(output_dir), *extra], env))
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
-    from hf_counterfactual.tiny_models import build_tiny_clip
-
-    path = tmp_path_factory.mktemp("tiny-clip")
-    model, processor = build_tiny_clip(SCENE_VOCABULARY, image_size=32, seed=0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return Path(save_tiny_model(tmp_path_factory.mktemp("tiny-clip")))
 
 
 @pytest.fixture(scope="module")
 def ddp_reference(tiny_checkpoint, subprocess_env, tmp_path_factory) -> tuple[dict, Path]:
     """The same steps without DeepSpeed (plain DDP on 2 processes)."""
     output_dir = tmp_path_factory.mktemp("ddp")
-    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", "none", str(tiny_checkpoint), str(output_dir)], subprocess_env)
-    result = result_line(output)
+    result = deepspeed_worker("none", tiny_checkpoint, output_dir, subprocess_env)
     assert result["world_size"] == 2 and not result["deepspeed_enabled"], result
     return result, output_dir
 
@@ -147,8 +146,7 @@ def test_deepspeed_zero_matches_ddp(deepspeed_installed, stage, tiny_checkpoint,
 
     config = shipped_deepspeed_config(f"zero{stage}")  # what --deepspeed zero2 / zero3 names
     output_dir = tmp_path / f"zero{stage}"
-    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_checkpoint), str(output_dir)], subprocess_env)
-    result = result_line(output)
+    result = deepspeed_worker(config, tiny_checkpoint, output_dir, subprocess_env)
     assert result["deepspeed_enabled"] and result["zero_stage"] == stage, result
     assert result["world_size"] == result["dp_world_size"] == 2 and result["train_batch_size"] == 16, result
     assert len(result["losses"]) == 3
@@ -174,22 +172,16 @@ def test_llava_trains_across_processes_like_one_process(subprocess_env, tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_llava_checkpoint(tmp_path_factory) -> Path:
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
     from hf_counterfactual.tiny_models import build_tiny_llava
 
-    path = tmp_path_factory.mktemp("tiny-llava")
-    model, processor = build_tiny_llava(SCENE_VOCABULARY)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return Path(save_tiny_model(tmp_path_factory.mktemp("tiny-llava"), build_tiny_llava))
 
 
 @pytest.fixture(scope="module")
 def llava_ddp_reference(tiny_llava_checkpoint, subprocess_env, tmp_path_factory) -> tuple[dict, Path]:
     """The tiny LLaVA's steps without DeepSpeed (plain DDP on 2 processes)."""
     output_dir = tmp_path_factory.mktemp("llava-ddp")
-    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", "none", str(tiny_llava_checkpoint), str(output_dir)], subprocess_env)
-    return result_line(output), output_dir
+    return deepspeed_worker("none", tiny_llava_checkpoint, output_dir, subprocess_env), output_dir
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -201,8 +193,7 @@ def test_llava_under_deepspeed_zero_matches_ddp(deepspeed_installed, stage, tiny
 
     reference, reference_dir = llava_ddp_reference
     config = shipped_deepspeed_config(f"zero{stage}")
-    output = run_command(TORCHRUN + ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path)], subprocess_env)
-    result = result_line(output)
+    result = deepspeed_worker(config, tiny_llava_checkpoint, tmp_path, subprocess_env)
     assert result["deepspeed_enabled"] and result["zero_stage"] == stage, result
     assert len(result["losses"]) == 3
     torch.testing.assert_close(torch.tensor(result["losses"]), torch.tensor(reference["losses"]), rtol=1e-4, atol=1e-5)
@@ -222,8 +213,7 @@ def test_llava_lora_under_deepspeed_zero3_matches_ddp(deepspeed_installed, tiny_
 
     results, adapters = {}, {}
     for name, config in (("ddp", "none"), ("zero3", shipped_deepspeed_config("zero3"))):
-        worker = ["tests/_deepspeed_worker.py", str(config), str(tiny_llava_checkpoint), str(tmp_path / name), "lora"]
-        results[name] = result_line(run_command(TORCHRUN + worker, subprocess_env))
+        results[name] = deepspeed_worker(config, tiny_llava_checkpoint, tmp_path / name, subprocess_env, "lora")
         adapters[name] = load_file(tmp_path / name / "adapter_model.safetensors")
     assert results["zero3"]["zero_stage"] == 3 and len(results["zero3"]["losses"]) == 3, results["zero3"]
     torch.testing.assert_close(torch.tensor(results["zero3"]["losses"]), torch.tensor(results["ddp"]["losses"]), rtol=1e-4, atol=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from dummy_components import save_tiny_clip
+from dummy_components import save_tiny_model
 from hf_counterfactual import evaluate_metrics
 from hf_counterfactual.builders import load_procedural_scenes
 from hf_counterfactual.cli import main
@@ -97,7 +97,7 @@ def test_console_script_is_declared():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    save_tiny_clip(root / "model")
+    save_tiny_model(root / "model")
     rows = load_procedural_scenes(name="winoground", num_train=0, num_test=4, cache_dir=str(root / "cache"))["test"]
     rows.save_to_disk(str(root / "wino"))
     rows.to_parquet(str(root / "wino.parquet"))

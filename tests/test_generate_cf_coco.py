@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dummy_components import save_tiny_clip
+from dummy_components import save_tiny_model
 from generation_fixtures import english_pipeline, write_coco_photos
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 
@@ -65,7 +65,7 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
 
     # The generated folder feeds hf-cf train unchanged.
     results = train.main(
-        ["--model_name_or_path", save_tiny_clip(tmp_path / "model"), "--dataset_name", str(out), "--train_split", "val",
+        ["--model_name_or_path", save_tiny_model(tmp_path / "model"), "--dataset_name", str(out), "--train_split", "val",
          "--test_split", "val", "--objective", "negclip", "--num_counterfactuals", "1", "--max_steps", "1",
          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "trained"), "--report_to", "none",
          "--cache_dir", str(tmp_path / "cache")]
@@ -210,7 +210,7 @@ def test_saved_checkpoints_load_through_from_pretrained(coco, tmp_path):
 
     inpainting = tmp_path / "tiny-inpainting"
     build_tiny_inpainting_pipeline("a an the green cup dog background".split()).save_pretrained(inpainting)
-    clip = save_tiny_clip(tmp_path / "tiny-clip")
+    clip = save_tiny_model(tmp_path / "tiny-clip")
     out = tmp_path / "cf-coco"
     stats = generate.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),

@@ -39,13 +39,11 @@ def test_embedded_defaults_do_not_apply_to_real_checkpoints():
 
 
 def test_a_generative_checkpoint_defaults_to_cf_vlm_lm(tmp_path):
-    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from dummy_components import save_tiny_model
     from hf_counterfactual.tiny_models import build_tiny_clip, build_tiny_llava
 
     for name, build in (("llava", build_tiny_llava), ("clip", build_tiny_clip)):
-        model, processor = build(SCENE_VOCABULARY)
-        model.save_pretrained(tmp_path / name)
-        processor.save_pretrained(tmp_path / name)
+        save_tiny_model(tmp_path / name, build)
     objective = lambda *argv: train.parse_args([*argv, "--output_dir", "x"])[2].objective  # noqa: E731
     assert objective("--model_name_or_path", str(tmp_path / "llava")) == "cf-vlm-lm"  # grouping would be refused
     assert objective("--model_name_or_path", str(tmp_path / "llava"), "--objective", "countercurate") == "countercurate"

@@ -307,7 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.use_peft:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, target_modules=model_args.lora_target_modules.split(","))
+        lora = LoraConfig(
+            r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules.split(","),
+        )  # fmt: skip
         model = get_peft_model(model, lora)
 
     trainer = CounterfactualTrainer(model=model, args=training_args, train_dataset=train, processing_class=processor)
