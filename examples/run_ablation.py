@@ -10,6 +10,7 @@ same test scenes drawn in a rendering style training never saw, and writes ``abl
 
     python examples/run_ablation.py                       # 3 seeds
     python examples/run_ablation.py --seeds 0 1 --objectives clip grouping --output_dir runs/ablation
+    python examples/run_ablation.py --seeds 0 1 --objectives negclip read "read w/o reconstruction" "read w/o paraphrase" --output_dir runs/ablation-read
     python examples/run_ablation.py --model_type siglip --seeds 0 1 --objectives sigmoid sigmoid-grouping grouping --output_dir runs/ablation-siglip
 """
 
@@ -29,6 +30,10 @@ OBJECTIVES = {
     "grouping": ["--objective", "grouping"],
     "cf-vlm": ["--objective", "cf-vlm"],
     "cf-vlm w/o csd": ["--objective", "cf-vlm", "--loss_weights", "csd=0"],
+    # READ-CLIP and its two additions to NegCLIP each alone (the tiny T5 decoder is pre-trained once per seed).
+    "read": ["--objective", "read"],
+    "read w/o reconstruction": ["--objective", "read", "--loss_weights", "reconstruction=0"],
+    "read w/o paraphrase": ["--objective", "read", "--loss_weights", "paraphrase=0"],
     # SigLIP's sigmoid loss, alone and with the counterfactuals (--model_type siglip).
     "sigmoid": ["--objective", "sigmoid"],
     "sigmoid-negclip": ["--objective", "sigmoid-negclip"],

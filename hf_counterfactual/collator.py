@@ -146,6 +146,10 @@ class CounterfactualCollator:
             what SigLIP's text tower needs, see :func:`~hf_counterfactual.scoring.text_padding`).
             The batch holds ``attention_mask`` only where the tokenizer returns one by default
             (SigLIP's does not: it is run without).
+        reconstruction_tokenizer: the reconstruction decoder's tokenizer (READ-CLIP): each record
+            gets a target, a random true caption of its image (the caption or one of its
+            paraphrases), as ``reconstruction_labels`` ``[B, L]`` (that tokenizer's ids, -100 at
+            padding, cut to ``max_length`` tokens). ``None``: no targets.
     """
 
     processor: Any
@@ -157,6 +161,7 @@ class CounterfactualCollator:
     truncation: bool = False
     padding: bool | str = True
     use_paraphrases: bool = False
+    reconstruction_tokenizer: Any = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.counterfactual_fraction <= 1.0:
@@ -226,6 +231,7 @@ class CounterfactualCollator:
         text_inputs = {"input_ids": encoded["input_ids"][text_rows]}
         if "attention_mask" in self.processor.tokenizer.model_input_names:
             text_inputs["attention_mask"] = encoded["attention_mask"][text_rows]
+        reconstruction = {"reconstruction_labels": self._reconstruction_labels(records)} if self.reconstruction_tokenizer is not None else {}
         return {
             **text_inputs,
             "pixel_values": pixel_values[image_rows],
@@ -237,7 +243,18 @@ class CounterfactualCollator:
             "image_key": image_key,
             "texts": [texts.items[row] for row in text_rows],
             **({"paraphrase_index": paraphrase_index} if self.use_paraphrases else {}),
+            **reconstruction,
         }
+
+    def _reconstruction_labels(self, records: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        targets = []
+        for record in records:
+            captions = [record["caption"], *(record.get("paraphrases") or [])]
+            targets.append(captions[int(torch.randint(len(captions), ()))].strip())
+        encoded = self.reconstruction_tokenizer(
+            targets, padding=True, truncation=True, max_length=self.max_length, return_attention_mask=True, return_tensors="pt"
+        )
+        return encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.processor.tokenizer(

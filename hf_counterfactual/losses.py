@@ -50,6 +50,11 @@ Record-local contrast (any scorer: it asks only for pairs of a record with its o
     L_image = mean_{b with a valid j} -log( e^{S(I_a,T_a)} / (e^{S(I_a,T_a)} + sum_{j valid} e^{S(I_cf_j,T_a)}) )
     L_local = the mean of L_text and L_image over the sides that have a valid row
 
+READ-CLIP's reconstruction (a frozen decoder's cross-entropy on a target caption's tokens ``y``, given
+the projected text embedding ``z`` as its one-token encoder output), averaged over the batch's tokens::
+
+    L_recon = 1/|tokens| * sum_{b, t valid} -log p_decoder(y_{b,t} | y_{b,<t}, z_b)
+
 The hinge losses are unit-agnostic: their scores may be cosine similarities, temperature-scaled
 logits (what the trainer passes: logit_scale * cosine) or log-likelihoods, and the margin is in
 the SAME units as the scores.
@@ -71,6 +76,7 @@ __all__ = [
     "negclip_loss",
     "record_local_contrastive_loss",
     "sigmoid_loss",
+    "token_cross_entropy",
 ]
 
 
@@ -534,3 +540,34 @@ def sigmoid_loss(
     total = torch.where(keep, pair_losses, torch.zeros_like(pair_losses)).sum()
     rows = (row_mask.sum() if row_mask is not None else torch.tensor(n, device=logits.device)).clamp(min=1)
     return total / rows
+
+
+# ----------------------------------------------------------------------------- reconstruction
+
+
+def token_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy over the tokens of a batch of sequences (READ-CLIP's ``L_recon``: a
+    decoder's loss on target captions, as its own ``labels=`` loss computes it).
+
+    Args:
+        logits: ``[N, L, V]`` the decoder's logits at each target position.
+        labels: ``[N, L]`` int64 target ids, ``ignore_index`` at padding.
+
+    Returns:
+        ``-log softmax(logits)[label]`` averaged over every non-ignored token of the batch (so a
+        long caption weighs more than a short one), float32 (float64 for float64 input). Raises if
+        no token is a target: a batch of empty captions is a data error, not a zero loss.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be a 3-D tensor [N, L, V], got shape {_shape(logits) if isinstance(logits, Tensor) else type(logits).__name__}")
+    if not isinstance(labels, Tensor) or labels.shape != logits.shape[:2] or labels.dtype != torch.long:
+        raise ValueError(f"labels must be an int64 tensor of shape {tuple(logits.shape[:2])} (logits' [N, L]), got {labels.dtype} {_shape(labels)}")
+    valid = labels != ignore_index
+    if not bool(valid.any()):
+        raise ValueError("labels hold no target token (every entry is ignore_index): an empty target caption?")
+    dtype = _compute_dtype(logits, "logits")
+    # Ignored positions are overwritten first: whatever a decoder gives there (even NaN) stays out of the gradient.
+    logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), torch.zeros((), dtype=dtype, device=logits.device))
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(-1, torch.where(valid, labels, 0).unsqueeze(-1)).squeeze(-1)
+    return -_masked_mean(picked, valid)

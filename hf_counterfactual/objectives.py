@@ -16,6 +16,9 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
   ``grouping`` (image rows; the loss has no second direction).
 - ``paraphrase``: READ-CLIP's sentence-level alignment, InfoNCE from each record's paraphrase to the
   captions of the global batch (``scale * cosine``, one direction).
+- ``reconstruction``: READ-CLIP's token-level reconstruction, a frozen decoder's cross-entropy on a
+  random true caption of the image (the caption or a paraphrase) given the projected pooled text
+  embedding of the caption (:mod:`hf_counterfactual.reconstruction`; the trainer adds the decoder).
 - ``csd``: CF-VLM ``L_csd``, hinge ``S(Ia, Ta) >= S(Icf_k, Tcf_k) + m1`` over the K complete pairs.
 - ``fcd``: CF-VLM ``L_fcd``, hinge ``S(Ia, Ta) >= max_j S(Icf_j, Ta) + m2`` (hardest edited image,
   original text).
@@ -30,7 +33,8 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
   complete counterfactual pair, the factual image and the edited image are each asked which of
   the two captions (in a random order) describes it; the loss is the NLL of the right letter.
 
-What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``, the sigmoid terms, ``paraphrase``) score
+What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``, the sigmoid terms, ``paraphrase``,
+``reconstruction``) read a dual encoder's embeddings: they score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
 ``pairs`` terms (``csd``, ``fcd``, ``local``) ask only for pairs of a record with its own
 counterfactuals, which any scorer gives (a generative VLM too). :meth:`CounterfactualObjective.check`
@@ -65,7 +69,7 @@ import torch
 
 from .distributed import all_gather_no_grad, all_gather_with_grad, rank_and_world_size
 from .losses import clip_loss, counterfactual_separation_loss, fine_grained_discrimination_loss, info_nce, negclip_loss
-from .losses import record_local_contrastive_loss, sigmoid_loss
+from .losses import record_local_contrastive_loss, sigmoid_loss, token_cross_entropy
 from .vlm_scoring import VQA_ANSWER, VQA_NO
 
 NEEDS = ("dense", "pairs", "generative")
@@ -82,6 +86,8 @@ class Term:
         counterfactual_texts, counterfactual_images, paraphrases: whether it reads the records'
             counterfactual captions / edited images / paraphrases (the collator encodes them only
             when some term does).
+        reconstruction: whether it reads a decoder's logits of target captions (the trainer then
+            wraps the model with the decoder, the collator tokenizes the targets).
         compute: ``compute(step) -> scalar`` for a :class:`Step`.
     """
 
@@ -90,6 +96,7 @@ class Term:
     counterfactual_texts: bool
     counterfactual_images: bool
     paraphrases: bool
+    reconstruction: bool
     compute: Callable[["Step"], torch.Tensor]
 
     @property
@@ -101,7 +108,10 @@ class Term:
 TERMS: dict[str, Term] = {}
 
 
-def register_term(name: str, needs: str, counterfactual_texts: bool = False, counterfactual_images: bool = False, paraphrases: bool = False):
+def register_term(
+    name: str, needs: str, counterfactual_texts: bool = False, counterfactual_images: bool = False, paraphrases: bool = False,
+    reconstruction: bool = False,
+):  # fmt: skip
     """Registers the decorated ``compute(step)`` as the loss term ``name`` (see :class:`Term`)."""
     if needs not in NEEDS:
         raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
@@ -109,28 +119,31 @@ def register_term(name: str, needs: str, counterfactual_texts: bool = False, cou
     def decorator(compute: Callable[["Step"], torch.Tensor]):
         if name in TERMS:
             raise ValueError(f"a loss term {name!r} is registered already")
-        TERMS[name] = Term(name, needs, counterfactual_texts, counterfactual_images, paraphrases, compute)
+        TERMS[name] = Term(name, needs, counterfactual_texts, counterfactual_images, paraphrases, reconstruction, compute)
         return compute
 
     return decorator
 
 
-#: Term weights of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma).
-OBJECTIVE_PRESETS: dict[str, dict[str, float]] = {
-    "clip": {"align": 1.0},
-    "negclip": {"negclip": 1.0},
-    "grouping": {"grouping": 1.0},
+#: The (term, weight) pairs of each named objective. CF-VLM's weights are the paper's (alpha, beta, gamma),
+#: READ-CLIP's its public code's.
+OBJECTIVE_PRESETS: dict[str, list[tuple[str, float]]] = {
+    "clip": [("align", 1.0)],
+    "negclip": [("negclip", 1.0)],
+    "grouping": [("grouping", 1.0)],
     # SigLIP's own loss, and it with counterfactual captions as negatives / counterfactual pairs as positives.
-    "sigmoid": {"sigmoid": 1.0},
-    "sigmoid-negclip": {"sigmoid_negclip": 1.0},
-    "sigmoid-grouping": {"sigmoid_grouping": 1.0},
-    "cf-vlm": {"align": 1.0, "csd": 0.45, "fcd": 0.55},
+    "sigmoid": [("sigmoid", 1.0)],
+    "sigmoid-negclip": [("sigmoid_negclip", 1.0)],
+    "sigmoid-grouping": [("sigmoid_grouping", 1.0)],
+    "cf-vlm": [("align", 1.0), ("csd", 0.45), ("fcd", 0.55)],
+    # READ-CLIP: NegCLIP (3 rule-based hard-negative captions per caption in the paper) + reconstruction + paraphrase alignment.
+    "read": [("negclip", 1.0), ("reconstruction", 0.1), ("paraphrase", 0.5)],
     # CF-VLM on a generative VLM (LLaVA): its L_align becomes the language-model loss on the factual caption.
-    "cf-vlm-lm": {"lm": 1.0, "csd": 0.45, "fcd": 0.55},
+    "cf-vlm-lm": [("lm", 1.0), ("csd", 0.45), ("fcd", 0.55)],
     # The same with L_align as generative classification: Yes for the factual caption, No for each counterfactual one.
-    "cf-vlm-yesno": {"yesno": 1.0, "csd": 0.45, "fcd": 0.55},
-    "lm": {"lm": 1.0},  # a generative VLM's captioning loss alone (the tiny LLaVA's pre-training)
-    "countercurate": {"choice": 1.0},  # CounterCurate's LLaVA fine-tuning: multiple choice, LM loss on the letter
+    "cf-vlm-yesno": [("yesno", 1.0), ("csd", 0.45), ("fcd", 0.55)],
+    "lm": [("lm", 1.0)],  # a generative VLM's captioning loss alone (the tiny LLaVA's pre-training)
+    "countercurate": [("choice", 1.0)],  # CounterCurate's LLaVA fine-tuning: multiple choice, LM loss on the letter
 }
 
 
@@ -186,7 +199,7 @@ class CounterfactualObjective:
         (see :func:`parse_loss_weights`) replacing or joining the preset's."""
         if name not in OBJECTIVE_PRESETS:
             raise ValueError(f"unknown objective {name!r}; choose one of {list(OBJECTIVE_PRESETS)}")
-        return cls(weights={**OBJECTIVE_PRESETS[name], **parse_loss_weights(loss_weights)}, **kwargs)
+        return cls(weights={**dict(OBJECTIVE_PRESETS[name]), **parse_loss_weights(loss_weights)}, **kwargs)
 
     def check(self, dense: bool, model_name: str) -> None:
         """Raises at start-up when a term needs what the model's scorer cannot give: all-pairs
@@ -197,7 +210,7 @@ class CounterfactualObjective:
         if missing:
             usable = [term for term, t in TERMS.items() if t.needs != "dense"]
             raise ValueError(
-                f"loss term(s) {missing} need all-pairs scores of a dual encoder, which {model_name} does not give "
+                f"loss term(s) {missing} need a dual encoder's embeddings (all-pairs scores), which {model_name} does not give "
                 f"(it scores one pair per forward); use {usable}"
             )
         generative = [term for term, need in needs.items() if need == "generative" and dense]
@@ -215,6 +228,10 @@ class CounterfactualObjective:
     @property
     def uses_paraphrases(self) -> bool:
         return any(TERMS[term].paraphrases for term in self.weights)
+
+    @property
+    def uses_reconstruction(self) -> bool:
+        return any(TERMS[term].reconstruction for term in self.weights)
 
     def total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms returned by :meth:`__call__`."""
@@ -418,6 +435,18 @@ def paraphrase(step: Step) -> torch.Tensor:
     logits = step.scores.scale * rows @ step.gather(caption).T  # text-text: no image-text bias
     # A caption of the same image or with the same text as a row's own is not a negative.
     return info_nce(logits, step.factual_targets, row_mask=index >= 0, column_mask=step.factual_columns[1])
+
+
+@register_term("reconstruction", "dense", reconstruction=True)
+def reconstruction(step: Step) -> torch.Tensor:
+    """READ-CLIP's reconstruction: a frozen decoder's token cross-entropy on a true caption of the image, from the caption's projected text embedding."""
+    logits = getattr(step.scores, "reconstruction_logits", None)
+    if logits is None:
+        raise ValueError(
+            "the reconstruction term needs the decoder's logits: train through CounterfactualTrainer with reconstruction_decoder set "
+            "(it wraps the model in a ReconstructionWrapper)"
+        )
+    return token_cross_entropy(logits, step.batch["reconstruction_labels"])
 
 
 @register_term("csd", "pairs", counterfactual_texts=True, counterfactual_images=True)

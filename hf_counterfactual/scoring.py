@@ -60,17 +60,25 @@ class DualEncoderScores:
     Args:
         image_embeds ``[I, D]``, text_embeds ``[T, D]``: L2-normalised embeddings.
         scale: the temperature; bias: SigLIP's learned bias (``None``: no bias, as CLIP).
+        reconstruction_logits: a reconstruction decoder's logits of the step's target captions
+            (:class:`~hf_counterfactual.reconstruction.ReconstructionWrapper`), or ``None``.
     """
 
     dense = True
 
-    def __init__(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float, bias: torch.Tensor | float | None = None):
+    def __init__(
+        self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor | float, bias: torch.Tensor | float | None = None,
+        reconstruction_logits: torch.Tensor | None = None,
+    ):  # fmt: skip
         self.image_embeds, self.text_embeds, self.scale, self.bias = image_embeds, text_embeds, scale, bias
+        self.reconstruction_logits = reconstruction_logits
 
     @classmethod
     def from_outputs(cls, outputs, with_bias: bool = False) -> "DualEncoderScores":
-        """From a ``CLIPModel`` / ``SiglipModel`` forward (see :func:`scale_and_bias_from_outputs`)."""
-        return cls(outputs.image_embeds, outputs.text_embeds, *scale_and_bias_from_outputs(outputs, with_bias))
+        """From a ``CLIPModel`` / ``SiglipModel`` forward (see :func:`scale_and_bias_from_outputs`),
+        with a :class:`~hf_counterfactual.reconstruction.ReconstructionWrapper`'s ``reconstruction_logits``."""
+        scale, bias = scale_and_bias_from_outputs(outputs, with_bias)
+        return cls(outputs.image_embeds, outputs.text_embeds, scale, bias, outputs.get("reconstruction_logits"))
 
     def _biased(self, scores: torch.Tensor) -> torch.Tensor:
         return scores if self.bias is None else scores + self.bias

@@ -1,7 +1,8 @@
 """Tiny models built from configs: the offline default of the examples and the fixture of the tests.
 
 CLIP (training, scoring, the image-text filter), a Stable Diffusion inpainting pipeline (diffusers'
-``get_dummy_components`` recipe) and a GPT-2 causal LM (text editors), all randomly initialised.
+``get_dummy_components`` recipe), a GPT-2 causal LM (text editors) and a T5 (the reconstruction
+decoder), all randomly initialised.
 
 Nothing here downloads anything. The tokenizer is a word-level ``tokenizers`` model over a closed
 vocabulary (the procedural scenes' words), wrapped so that it saves and loads with the ordinary
@@ -166,6 +167,31 @@ def build_tiny_causal_lm(words: Iterable[str], seed: int = 0, model_max_length: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).eval()
+    return model, tokenizer
+
+
+def build_tiny_t5(words: Iterable[str], seed: int = 0, d_model: int = 64, model_max_length: int = 32):
+    """A randomly initialised 2+2-layer ``T5ForConditionalGeneration`` and a word-level tokenizer over
+    ``words``: the reconstruction decoder's stand-in (READ-CLIP freezes a pretrained T5)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_word_level_tokenizer(words, model_max_length=model_max_length)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,  # T5's convention
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(config).eval()
     return model, tokenizer
 
 

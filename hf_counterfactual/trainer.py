@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .collator import CounterfactualCollator
 from .model_card import build_model_card
+from .reconstruction import ReconstructionWrapper
 from .scoring import DualEncoderScores, has_logit_bias, text_padding
 from .training_args import CounterfactualTrainingArguments
 
@@ -18,7 +21,8 @@ from .training_args import CounterfactualTrainingArguments
 class CounterfactualTrainer(Trainer):
     """Trains a dual encoder (``CLIPModel``, ``SiglipModel``) on counterfactual records.
 
-    Only ``compute_loss``, ``log`` and ``create_model_card`` are overridden: the loop, accelerate,
+    Only ``compute_loss``, ``log``, ``create_model_card`` and, for a reconstruction term, the model's
+    saving and loading are overridden: the loop, accelerate,
     DeepSpeed/FSDP, PEFT and checkpointing are ``Trainer``'s. Each step encodes every distinct image and text once (one
     forward of the model), computes the objective's terms, and logs each term averaged over
     processes as ``loss/<term>``.
@@ -30,6 +34,11 @@ class CounterfactualTrainer(Trainer):
         processing_class: the model's processor; used to build the default
             :class:`CounterfactualCollator` when ``data_collator`` is not given.
         Other arguments are ``Trainer``'s.
+
+    A term that reconstructs captions (``reconstruction``, the ``read`` preset) needs a decoder: the
+    trainer loads ``args.reconstruction_decoder`` and trains a :class:`~hf_counterfactual.reconstruction.ReconstructionWrapper`
+    of ``model`` (:attr:`model` is the wrapper, :attr:`dual_encoder` the model itself). What it saves
+    is the dual encoder alone, a plain ``CLIPModel`` (or PEFT adapter) that loads with ``from_pretrained``.
 
     Set :attr:`evaluation_results` (and :attr:`evaluation_results_before`) to the output of
     :func:`~hf_counterfactual.benchmarks.evaluate_benchmark` before ``push_to_hub`` to put them in
@@ -53,6 +62,10 @@ class CounterfactualTrainer(Trainer):
         self.generative = is_generative_model(model)
         self.objective.check(dense=not self.generative, model_name=_model_name(model))
         self._with_bias = has_logit_bias(model)
+        reconstruction_tokenizer = None
+        if self.objective.uses_reconstruction:
+            decoder, reconstruction_tokenizer = load_reconstruction_decoder(args.reconstruction_decoder, dtype=next(model.parameters()).dtype)
+            model = ReconstructionWrapper(model, decoder, seed=args.seed)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class= (the model's processor) or a data_collator")
@@ -66,6 +79,7 @@ class CounterfactualTrainer(Trainer):
                 max_length=args.max_text_length or _text_positions(model),
                 truncation=args.truncate_texts,
                 padding=text_padding(model),
+                reconstruction_tokenizer=reconstruction_tokenizer,
             )
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
         # compute_loss returns a per-batch mean: Trainer must divide by the accumulation steps itself.
@@ -95,8 +109,13 @@ class CounterfactualTrainer(Trainer):
             loss = self.objective.total(terms)
             self._record(terms)
             return (loss, None) if return_outputs else loss
+        # The decoder runs inside the same forward (DDP / DeepSpeed see one model, one forward per backward).
+        reconstruction = (
+            {"reconstruction_rows": inputs["text_index"], "reconstruction_labels": inputs["reconstruction_labels"]}
+            if self.objective.uses_reconstruction else {}
+        )  # fmt: skip
         outputs = model(
-            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+            pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"), **reconstruction
         )
         # Scale and bias as the forward applied them (readable under ZeRO-3, where the parameters are not).
         scores = DualEncoderScores.from_outputs(outputs, with_bias=self._with_bias)
@@ -134,6 +153,58 @@ class CounterfactualTrainer(Trainer):
         super().log(logs, start_time)
 
 
+    # ------------------------------------------------------------------ the reconstruction wrapper
+
+    @property
+    def dual_encoder(self):
+        """The model being trained, without the reconstruction wrapper (when there is one)."""
+        return self.model.model if isinstance(self.model, ReconstructionWrapper) else self.model
+
+    @dual_encoder.setter
+    def dual_encoder(self, model) -> None:
+        if isinstance(self.model, ReconstructionWrapper):
+            self.model.model = model
+        else:
+            self.model = model
+
+    @contextmanager
+    def _as_dual_encoder(self):
+        """``Trainer``'s saving and loading code run on the dual encoder alone, so it writes (and
+        reads) a plain ``CLIPModel`` or PEFT adapter, not the wrapper's state dict."""
+        wrapper = self.model
+        self.model = wrapper.model
+        try:
+            yield wrapper
+        finally:
+            self.model = wrapper
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not isinstance(self.model, ReconstructionWrapper):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # Under DeepSpeed the state dict is the engine's, gathered: split it rather than read the parameters.
+        model_state, head_state = ReconstructionWrapper.split_state_dict(self.model.state_dict() if state_dict is None else state_dict)
+        with self._as_dual_encoder():
+            super()._save(output_dir, state_dict=model_state)
+        # A checkpoint keeps the projection, which a resumed run needs; the final model only when asked.
+        checkpoint = os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
+        if self.args.should_save and head_state and (checkpoint or self.args.save_reconstruction_head):
+            ReconstructionWrapper.save_head(head_state, output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if model is not None or not isinstance(self.model, ReconstructionWrapper):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        with self._as_dual_encoder() as wrapper:
+            super()._load_from_checkpoint(resume_from_checkpoint)
+        wrapper.load_head(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or not isinstance(self.model, ReconstructionWrapper):
+            return super()._load_best_model()  # DeepSpeed's checkpoint holds the whole engine
+        with self._as_dual_encoder() as wrapper:
+            super()._load_best_model()
+        wrapper.load_head(self.state.best_model_checkpoint)
+
     def create_model_card(
         self,
         model_name: str | None = None,
@@ -165,6 +236,22 @@ class CounterfactualTrainer(Trainer):
             **({"benchmark": benchmark} if benchmark else {}),
         )
         card.save(os.path.join(self.args.output_dir, "README.md"))
+
+
+def load_reconstruction_decoder(name_or_path: str | None, dtype: torch.dtype | None = None):
+    """The frozen decoder of the reconstruction term and its tokenizer: any ``AutoModelForSeq2SeqLM``."""
+    if name_or_path is None:
+        raise ValueError(
+            "the objective has a reconstruction term (READ-CLIP): set reconstruction_decoder (--reconstruction_decoder) "
+            "to an encoder-decoder LM, e.g. google/flan-t5-base or google/t5-v1_1-large"
+        )
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    decoder = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if len(tokenizer) <= 2:  # an offline load of a missing vocabulary can return an empty tokenizer
+        raise ValueError(f"reconstruction_decoder {name_or_path!r}: its tokenizer has {len(tokenizer)} tokens; is the vocabulary missing?")
+    return decoder, tokenizer
 
 
 def is_generative_model(model) -> bool:

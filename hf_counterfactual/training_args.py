@@ -47,6 +47,21 @@ class CounterfactualTrainingArguments(TrainingArguments):
         default=1.0,
         metadata={"help": "Share of records whose counterfactuals enter a batch; the rest give only real pairs (GNM uses 0.5)."},
     )
+    reconstruction_decoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "The frozen decoder of the reconstruction term (READ-CLIP; the read preset): any AutoModelForSeq2SeqLM "
+            "name or path with its tokenizer, e.g. google/flan-t5-base or google/t5-v1_1-large (READ-CLIP's). hf-cf train's "
+            "tiny default model builds a tiny T5 when it is not given."
+        },
+    )
+    save_reconstruction_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Also save the reconstruction projection (reconstruction_head.safetensors) beside the final model; "
+            "checkpoints always hold it, for resuming."
+        },
+    )
     gather_features: bool = field(
         default=True, metadata={"help": "Use every process's features as in-batch negatives (global batch)."}
     )

@@ -1,13 +1,14 @@
 """A few ``CounterfactualTrainer`` steps under DeepSpeed on CPU; run by ``tests/test_distributed.py`` as
 
-    torchrun --standalone --nproc_per_node 2 tests/_deepspeed_worker.py CONFIG MODEL_DIR OUTPUT_DIR [lora]
+    torchrun --standalone --nproc_per_node 2 tests/_deepspeed_worker.py CONFIG MODEL_DIR OUTPUT_DIR [lora] [read=DECODER_DIR]
 
 CONFIG is a shipped DeepSpeed config (``hf_counterfactual/configs/deepspeed/zero{2,3}.json``, "auto" values filled
 from the training arguments) or ``none`` (plain DDP, the reference). The model and processor load
 from MODEL_DIR with ``from_pretrained`` (under ZeRO-3: partitioned, through ``zero.Init``), train
 for a few steps on procedural records, and are saved to OUTPUT_DIR with ``trainer.save_model()``.
 With ``lora``, PEFT LoRA adapters (q_proj, v_proj) train instead of all weights and
-OUTPUT_DIR holds the adapter. Rank 0 prints one ``RESULT {json}`` line (world size, ZeRO stage, logged losses).
+OUTPUT_DIR holds the adapter. With ``read=DECODER_DIR``, the objective is READ-CLIP's ``read`` with that
+reconstruction decoder (the trainer's wrapper around the model). Rank 0 prints one ``RESULT {json}`` line (world size, ZeRO stage, logged losses).
 
 Two things are added to DeepSpeed runs, and why:
 
@@ -57,7 +58,9 @@ def record_engines() -> list:
 
 def main() -> None:
     config, model_dir, output_dir = sys.argv[1:4]
-    lora = sys.argv[4:5] == ["lora"]
+    extra = sys.argv[4:]
+    lora = "lora" in extra
+    decoder = next((arg.split("=", 1)[1] for arg in extra if arg.startswith("read=")), None)
     from hf_counterfactual.commands.checks import is_generative_checkpoint
 
     generative = is_generative_checkpoint(model_dir)
@@ -85,6 +88,7 @@ def main() -> None:
         seed=0,
         # A generative VLM (LLaVA) trains on the record-local terms and its captioning loss.
         **({"objective": "cf-vlm-lm", "num_counterfactuals": 2} if generative else {}),
+        **({"objective": "read", "reconstruction_decoder": decoder} if decoder else {}),
     )
     auto = AutoModelForImageTextToText if generative else AutoModel
     model, processor = auto.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)

@@ -101,7 +101,8 @@ def main() -> int:
         {**r, "counterfactuals": [*r["counterfactuals"][:-1], {**r["counterfactuals"][-1], "image": None}]} for r in records
     ]
     collator = CounterfactualCollator(processor, num_counterfactuals=K, counterfactual_fraction=1.0, use_paraphrases=True)
-    terms = [name for name, term in TERMS.items() if term.needs != "generative"]  # a CLIP: no caption likelihood
+    # A CLIP: no caption likelihood; reconstruction is a local decoder loss (nothing gathered), tested in test_reconstruction.
+    terms = [name for name, term in TERMS.items() if term.needs != "generative" and not term.reconstruction]
     cases = [(term, {term: 1.0}) for term in terms] + [("all", {term: 1.0 for term in terms})]
     duplicates = shared_across_ranks(records)
     for data_name, data in (("full", records), ("text-only cf", text_only), ("shared across ranks", duplicates)):

@@ -120,7 +120,7 @@ def test_every_term_matches_the_naive_reference(setup):
 def test_cf_vlm_preset_weights_are_the_papers():
     objective = CounterfactualObjective.from_preset("cf-vlm")
     assert objective.weights == {"align": 1.0, "csd": 0.45, "fcd": 0.55}
-    assert OBJECTIVE_PRESETS["clip"] == {"align": 1.0}
+    assert OBJECTIVE_PRESETS["clip"] == [("align", 1.0)]  # presets are lists of (term, weight)
 
 
 def test_weight_zero_switches_a_term_off(setup):
@@ -139,6 +139,8 @@ def test_what_each_objective_needs_encoded():
     assert need["negclip"].uses_counterfactual_texts and not need["negclip"].uses_counterfactual_images
     assert need["grouping"].uses_counterfactual_texts and need["grouping"].uses_counterfactual_images
     assert need["cf-vlm"].uses_counterfactual_texts and need["cf-vlm"].uses_counterfactual_images
+    assert need["read"].uses_reconstruction and need["read"].uses_paraphrases and not need["read"].uses_counterfactual_images
+    assert not any(need[name].uses_reconstruction for name in OBJECTIVE_PRESETS if name != "read")
 
 
 def test_unknown_preset_and_term_are_errors():
@@ -214,7 +216,7 @@ def test_evaluation_scorer_gives_siglips_logits():
 
 def test_a_dense_term_on_a_pairs_only_model_is_a_start_up_error():
     objective = CounterfactualObjective(weights={"grouping": 1.0, "csd": 0.5})
-    with pytest.raises(ValueError, match=r"loss term\(s\) \['grouping'\] need all-pairs scores.*LlavaForConditionalGeneration.*\['csd', 'fcd', 'local', 'lm', 'yesno', 'choice'\]"):
+    with pytest.raises(ValueError, match=r"loss term\(s\) \['grouping'\] need a dual encoder's embeddings.*LlavaForConditionalGeneration.*\['csd', 'fcd', 'local', 'lm', 'yesno', 'choice'\]"):
         objective.check(dense=False, model_name="LlavaForConditionalGeneration")
     CounterfactualObjective(weights={"csd": 1.0, "local": 1.0}).check(dense=False, model_name="LlavaForConditionalGeneration")
 

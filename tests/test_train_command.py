@@ -197,3 +197,22 @@ def test_llava_lora_adapter_saved_unmerged_loads_with_peft(tmp_path):
     base = LlavaForConditionalGeneration.from_pretrained(out / "pretrained-start")  # what the adapters were trained on
     model = PeftModel.from_pretrained(base, out)
     assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_read_on_the_tiny_default_pretrains_a_tiny_t5_once_and_saves_a_plain_clip(tmp_path):
+    """``--objective read`` without ``--reconstruction_decoder``: the tiny T5 is pre-trained on the
+    training captions (its loss falls), cached beside the pretrained start, reused by a rerun."""
+    import json as json_
+
+    out = tmp_path / "out"
+    args = ["--objective", "read", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), *SMALL]
+    train.main(args)
+    decoder = out / "pretrained-start" / "reconstruction-decoder"
+    assert (decoder / "pretraining.json").exists() and (decoder / "tokenizer.json").exists()
+    losses = [e["loss"] for e in json_.loads((decoder / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    stamp = (decoder / "model.safetensors").stat().st_mtime_ns
+    train.main(args)
+    assert (decoder / "model.safetensors").stat().st_mtime_ns == stamp
+    loaded, info = CLIPModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()) and not (out / "reconstruction_head.safetensors").exists()

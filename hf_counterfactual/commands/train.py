@@ -159,7 +159,53 @@ def load_model(model_args: ModelArguments, training_args: CounterfactualTraining
     model, processor = build(SCENE_VOCABULARY, image_size=model_args.image_size, seed=training_args.seed)
     if model_args.pretrain_epochs > 0:
         model = pretrained_start(model, processor, model_args, training_args, train)
+    if training_args.build_objective().uses_reconstruction and training_args.reconstruction_decoder is None:
+        training_args.reconstruction_decoder = tiny_reconstruction_decoder(model_args, training_args, train)
     return model, processor
+
+
+# The tiny T5's pre-training, the stand-in for READ-CLIP's pretrained (then frozen) T5: rewriting each
+# true caption of a training scene into each other one (its caption and paraphrases), as seq2seq.
+DECODER_PRETRAINING = dict(num_train_epochs=3, learning_rate=1e-3, per_device_train_batch_size=64)
+
+
+def tiny_reconstruction_decoder(model_args: ModelArguments, training_args, train: datasets.Dataset) -> str:
+    """The folder of the tiny T5 the reconstruction term decodes with when no ``--reconstruction_decoder``
+    is given: built from a config and pre-trained (:data:`DECODER_PRETRAINING`) on ``train``'s true
+    captions, cached beside the pretrained start (a cache made otherwise is retrained)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from ..scenes import SCENE_VOCABULARY
+    from ..tiny_models import build_tiny_t5
+
+    start = model_args.pretrained_start_dir or os.path.join(training_args.output_dir, "pretrained-start")
+    cache = os.path.join(start, "reconstruction-decoder")
+    settings = {"seed": training_args.seed, "train_fingerprint": train._fingerprint, **DECODER_PRETRAINING}
+    settings_file = os.path.join(cache, "pretraining.json")
+    if os.path.exists(settings_file):
+        with open(settings_file) as f:
+            if json.load(f) == settings:
+                return cache
+    decoder, tokenizer = build_tiny_t5(SCENE_VOCABULARY, seed=training_args.seed)
+    captions = train.select_columns(["caption", "paraphrases"])
+    pairs = [(a, b) for row in captions for a in [row["caption"], *row["paraphrases"]] for b in [row["caption"], *row["paraphrases"]]]
+    examples = datasets.Dataset.from_dict(
+        {"input_ids": tokenizer([a for a, _ in pairs])["input_ids"], "labels": tokenizer([b for _, b in pairs])["input_ids"]}
+    )
+    logger.info("Pre-training the tiny T5 reconstruction decoder on %d caption pairs (cached in %s)", len(examples), cache)
+    args = TrainingArguments(
+        output_dir=cache, **DECODER_PRETRAINING, seed=training_args.seed, save_strategy="no", report_to="none",
+        logging_steps=0.1, disable_tqdm=training_args.disable_tqdm, use_cpu=training_args.use_cpu,
+    )  # fmt: skip
+    trainer = Trainer(model=decoder.train(), args=args, train_dataset=examples, data_collator=DataCollatorForSeq2Seq(tokenizer, decoder))
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()  # its losses, for audit
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(cache)
+        with open(settings_file, "w") as f:
+            json.dump(settings, f, indent=2)
+    return cache
 
 
 def pretrained_start(model, processor, model_args: ModelArguments, training_args, train: datasets.Dataset):
@@ -318,14 +364,14 @@ def main(argv: list[str] | None = None) -> dict:
     benchmarks = {"test split": counterfactual_records_benchmark(test, name="test split") if main_process else None}
     if heldout_style is not None:
         benchmarks["held-out style"] = counterfactual_records_benchmark(heldout_style, name="held-out style") if main_process else None
-    before = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
+    before = {name: evaluate_on_main_process(trainer.dual_encoder, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
 
     trainer.train(resume_from_checkpoint=resume)
 
     if model_args.use_peft and model_args.merge_lora:  # a plain model on disk, loadable without peft
-        trainer.model = trainer.model.merge_and_unload()
+        trainer.dual_encoder = trainer.dual_encoder.merge_and_unload()
     trainer.save_model()
-    after = {name: evaluate_on_main_process(trainer.model, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
+    after = {name: evaluate_on_main_process(trainer.dual_encoder, processor, b, training_args.vlm_score) for name, b in benchmarks.items()}
     trainer.evaluation_results_before, trainer.evaluation_results = before["test split"], after["test split"]
     results = {}
     if main_process:
