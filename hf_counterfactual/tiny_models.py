@@ -111,7 +111,10 @@ def build_tiny_siglip(words: Iterable[str], image_size: int = 32, seed: int = 0,
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SiglipModel(config)
-        init_vit_position_embeddings(model)
+        # transformers already draws SigLIP's positions at width**-0.5, but its lecun-normal patch
+        # projection gives twice CLIP's patch content: at that std the pooled embedding stays
+        # order-blind (left/right, above/below), so the positions are drawn twice as large.
+        init_vit_position_embeddings(model, std=2 * hidden_size**-0.5)
         with torch.no_grad():
             model.logit_scale.fill_(math.log(10.0))
             model.logit_bias.fill_(-10.0)

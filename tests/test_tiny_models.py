@@ -49,3 +49,22 @@ def test_tiny_grounding_detector_vision_tower_is_reinitialised():
     detector, *_ = build_tiny_grounding(["cat"], with_segmenter=False, detector="owlvit")
     std = detector.owlvit.vision_model.embeddings.position_embedding.weight.std().item()
     assert std == pytest.approx(32**-0.5, rel=0.15)
+
+
+def test_siglip_position_signal_is_as_strong_as_clips():
+    """Left/right is learnable only if the position embeddings are not drowned by the patch content.
+    The ratio of their stds (training scenes through each model's own processor) is what CLIP's
+    recipe gives, within 20%, for the tiny SigLIP too. At transformers' SigLIP init it was half of
+    CLIP's (lecun-normal patch projection), and the SigLIP image embedding stayed order-blind."""
+    from hf_counterfactual.scenes import generate_record
+    from hf_counterfactual.tiny_models import build_tiny_siglip
+
+    images = [generate_record(i, "train", seed=0, image_size=32)["image"] for i in range(8)]
+    ratios = {}
+    for name, build in (("clip", build_tiny_clip), ("siglip", build_tiny_siglip)):
+        model, processor = build(SCENE_VOCABULARY)
+        embeddings = model.vision_model.embeddings
+        with torch.no_grad():
+            content = embeddings.patch_embedding(processor.image_processor(images, return_tensors="pt")["pixel_values"])
+        ratios[name] = embeddings.position_embedding.weight.std().item() / content.std().item()
+    assert ratios["siglip"] == pytest.approx(ratios["clip"], rel=0.2), ratios
