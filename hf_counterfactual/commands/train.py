@@ -220,6 +220,8 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         "seed": training_args.seed,
         "train_fingerprint": train._fingerprint,
         "config": model.config.to_diff_dict(),
+        # An init change that leaves the config alone (the tiny SigLIP's position embeddings) is a new start too.
+        "initial_weights": weights_digest(model),
     }
     settings_file = os.path.join(cache, "pretraining.json")
     if os.path.exists(settings_file):
@@ -248,6 +250,16 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         with open(settings_file, "w") as f:
             json.dump(settings, f, indent=2)
     return trainer.model
+
+
+def weights_digest(model) -> str:
+    """A digest of ``model``'s parameters and buffers (names, dtypes, shapes, values)."""
+    import hashlib
+
+    from ..collator import content_key
+
+    keys = ",".join(f"{name}:{content_key(tensor)}" for name, tensor in model.state_dict().items())
+    return hashlib.sha1(keys.encode(), usedforsecurity=False).hexdigest()
 
 
 def evaluate_on_main_process(model, processor, benchmark: MatchingBenchmark | None, vlm_score: str = "vqascore") -> dict | None:
