@@ -9,6 +9,7 @@ from generation_fixtures import english_pipeline, write_coco_photos
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 
 from hf_counterfactual.commands import generate, train
+from hf_counterfactual.tiny_models import build_tiny_clip
 
 
 @pytest.fixture
@@ -63,9 +64,12 @@ def test_generate_load_and_train_one_step(coco, tmp_path):
     assert "records: 6 from 8 images; skipped: 2" in card and "configs:" in card
     assert '"pixel_change": "' in card and "filter pass rates" in card and "diffusion inpainting with a random tiny model" in card
 
-    # The generated folder feeds hf-cf train unchanged.
+    # The generated folder feeds hf-cf train unchanged (a tiny CLIP that knows the records' words,
+    # so that no edit reads as its caption's own token ids)
+    words = {w.strip(".,") for r in records for c in [r["caption"], *(cf["caption"] for cf in r["counterfactuals"])] for w in c.lower().split()}
+    model = save_tiny_model(tmp_path / "model", build=lambda vocabulary: build_tiny_clip(sorted(set(vocabulary) | words)))
     results = train.main(
-        ["--model_name_or_path", save_tiny_model(tmp_path / "model"), "--dataset_name", str(out), "--train_split", "val",
+        ["--model_name_or_path", model, "--dataset_name", str(out), "--train_split", "val",
          "--test_split", "val", "--objective", "negclip", "--num_counterfactuals", "1", "--max_steps", "1",
          "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "trained"), "--report_to", "none",
          "--cache_dir", str(tmp_path / "cache")]

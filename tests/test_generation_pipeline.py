@@ -3,6 +3,8 @@ grounding and paraphrase hooks, batch-size independence."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from types import SimpleNamespace
 
@@ -71,6 +73,11 @@ class PaintingInpainter:
         return out
 
 
+def cf_colour(caption: str) -> str:
+    """The colour word of "a spoon next to a <colour> cup of coffee ..."."""
+    return caption.split()[caption.split().index("cup") - 1]
+
+
 def image_cfs(record):
     return [cf for cf in record["counterfactuals"] if cf["source"] in ("inpaint", "box-inpaint")]
 
@@ -80,22 +87,25 @@ def test_object_attribute_and_count_edits_are_inpainted_where_the_annotations_sa
 
     inpainter = PaintingInpainter()
     generator = CounterfactualGenerator([editor], inpainter=inpainter, pixel_filter=PixelChangeFilter(), max_image_edits=6)
-    coffee, rocket = items[3], items[4]
+    # "a" -> "two" is made for the caption's first object only: the spoon comes first here
+    coffee = dataclasses.replace(items[3], captions=["a spoon next to a red cup of coffee on a red saucer"])
+    rocket = items[4]
     results = generator.make_records([2, 3], [coffee, rocket])
     assert all(isinstance(r, GeneratedRecord) for r in results)
     coffee_record, rocket_record = (r.record for r in results)
 
     # Coffee: red cup -> green cup repaints exactly the cup's COCO instance mask, nothing else.
     original = np.asarray(Image.open(coffee.image).convert("RGB"))
-    cup = next(cf for cf in image_cfs(coffee_record) if cf["caption"].startswith("a green cup"))
+    cup = next(cf for cf in image_cfs(coffee_record) if cf["caption"].endswith("cup of coffee on a red saucer"))
+    cup_prompt = "a " + cf_colour(cup["caption"]) + " cup"
     assert cup["edit"] == "attribute" and cup["source"] == "inpaint"
     coco_api = COCO(str(coco / "annotations" / "instances_val2017.json"))
     cup_mask = coco_api.annToMask(next(a for a in coco_api.imgToAnns[3] if a["category_id"] == 47)).astype(bool)
     edited = np.asarray(cup["image"])
     np.testing.assert_array_equal(edited[~cup_mask], original[~cup_mask])
-    assert (edited[cup_mask] == PaintingInpainter.colour("a green cup")).all()
+    assert (edited[cup_mask] == PaintingInpainter.colour(cup_prompt)).all()
     # score: the mean absolute change inside the mask, computed by hand
-    expected = np.abs(original[cup_mask].astype(np.float64) - PaintingInpainter.colour("a green cup")).mean() / 255
+    expected = np.abs(original[cup_mask].astype(np.float64) - PaintingInpainter.colour(cup_prompt)).mean() / 255
     assert cup["score"] == pytest.approx(expected, rel=1e-5)
     # "a spoon" -> "two spoons": an added spoon in an empty box clear of every annotated object
     spoon = next(cf for cf in image_cfs(coffee_record) if "two spoons" in cf["caption"])
@@ -107,7 +117,7 @@ def test_object_attribute_and_count_edits_are_inpainted_where_the_annotations_sa
         a = inst.box
         assert not (x0 < a[2] + 4 and a[0] - 4 < x1 and y0 < a[3] + 4 and a[1] - 4 < y1), (inst.category, (x0, y0, x1, y1))
     prompts = inpainter.calls[0]["prompts"]
-    assert "a green cup" in prompts and "a spoon" in prompts
+    assert cup_prompt in prompts and "a spoon" in prompts
 
     # Rocket: "four tall towers" agrees with the four tower annotations -> "three" removes one tower
     # (its mask grown by 4 px, repainted as background); "five" finds no room for a fifth.

@@ -9,6 +9,7 @@ from PIL import Image
 
 from generation_fixtures import english_pipeline
 from hf_counterfactual.generation import CounterfactualGenerator, FactualItem, GeneratedRecord, RuleBasedEditor, SkipRecord
+from hf_counterfactual.generation.text_edits import RULE_KINDS
 
 TOO_LONG = "text_edit/skipped: caption too long"
 DROPPED = "text_edit/dropped: over max edits"
@@ -19,7 +20,7 @@ LONG_CAPTION = " ".join(["a black dog and a white cat on a sofa"] * 10)
 ORDINARY = "A black dog with a white cat."
 NOTHING = "a photo"  # nothing to edit: still "no editable word"
 # 55 words (under max_caption_words=64) with more edits than max_edits_per_caption=32.
-MANY_EDITS = " ".join(["a black dog with a white cat on a red sofa"] * 5)
+MANY_EDITS = " ".join(["two black dogs with three white cats on a red table"] * 5)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,10 @@ def test_a_long_caption_with_other_counterfactuals_is_written_and_counted(nlp):
 
 
 def test_edits_over_the_cap_are_item_counters(nlp):
-    uncapped = RuleBasedEditor(nlp=nlp, seed=0, max_edits_per_caption=None)
+    uncapped = RuleBasedEditor(nlp=nlp, kinds=RULE_KINDS, seed=0, max_edits_per_caption=None)
     total = len(uncapped.edit(MANY_EDITS))
     assert total > 32
-    editor = RuleBasedEditor(nlp=nlp, seed=0)
+    editor = RuleBasedEditor(nlp=nlp, kinds=RULE_KINDS, seed=0)
     many, ordinary = generate(editor, [MANY_EDITS, ORDINARY])
     assert isinstance(many, GeneratedRecord)
     assert many.counts[DROPPED] == total - 32 == editor.stats["dropped_over_max_edits"]

@@ -10,12 +10,14 @@ Two editors, both returning :class:`TextEdit` (``caption``, ``edit``, ``source``
   ========== ====================================================================================
   attribute  swap the adjectives of two nouns; else replace a colour / size / material adjective
   object     replace a noun by another of its category (number kept); swap two nouns
-  relation   opposite of a preposition or verb (on/under, in front of/behind, riding/walking next to)
+  relation   opposite of a preposition or verb (on/under for things one can be under, in front of/behind,
+             riding/walking next to)
   position   mirror the horizontal words (left <-> right) or the vertical ones (above <-> below,
              top <-> bottom, upper <-> lower): the text side of a horizontal / vertical image flip
-  count      number words and digits +-1, "a X" -> "two Xs", with the head noun inflected
-             (irregular plurals) and the subject's verb agreeing (is/are, sits/sit)
-  order      ARO's four word-order shuffles (reused from :mod:`hf_counterfactual.benchmarks.aro`)
+  count      number words and digits +-1, "a X" -> "two Xs" for the first object noun, with the
+             head noun inflected (irregular plurals) and the subject's verb agreeing (is/are, sits/sit)
+  order      ARO's four word-order shuffles (reused from :mod:`hf_counterfactual.benchmarks.aro`);
+             off by default (:data:`DEFAULT_RULE_KINDS`): a blind LM spots 95% of them
   ========== ====================================================================================
 
 - :class:`LLMConceptEditor`: concept replacement by any ``transformers`` causal LM with the prompt
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_EXAMPLES",
+    "DEFAULT_RULE_KINDS",
     "DEFAULT_VOCAB",
     "LLMConceptEditor",
     "RuleBasedEditor",
@@ -57,6 +60,10 @@ __all__ = [
 ]
 
 RULE_KINDS = ("attribute", "object", "relation", "position", "count", "order")
+#: The kinds :class:`RuleBasedEditor` makes unless asked: every kind but ``order``. ARO's word-order
+#: shuffles read like no caption (a blind bigram LM fitted on COCO captions prefers the true caption
+#: over 95% of them, ``benchmarks/bench_blind_negatives.py``): ask for them with ``kinds``.
+DEFAULT_RULE_KINDS = ("attribute", "object", "relation", "position", "count")
 
 
 @dataclass(frozen=True)
@@ -261,7 +268,7 @@ DEFAULT_VOCAB: dict = {
         "on top of": "under", "on": "under", "under": "on", "underneath": "on", "beneath": "on",
         "in front of": "behind", "behind": "in front of",
         "inside of": "outside of", "outside of": "inside of", "inside": "outside", "outside": "inside",
-        "next to": "far from", "beside": "far from", "near": "far from", "far from": "next to",
+        "far from": "next to",
         "into": "out of", "out of": "into", "toward": "away from", "towards": "away from", "away from": "toward",
         "riding": "walking next to", "rides": "walks next to",
         "sitting": "standing", "sits": "stands", "standing": "sitting", "stands": "sits",
@@ -292,6 +299,17 @@ _ON_GROUND = frozenset(
 _SCENE_NOUNS = _ON_GROUND | frozenset(
     "rain sky air park city room kitchen bathroom field forest yard market airport station distance "
     "weather sun light food meal traffic crowd".split()
+)
+# Nouns "a X" -> "two Xs" leaves alone: a scene or a ground is rarely counted ("in a grassy field"
+# -> "in two grassy fields", "a living room" -> "two living rooms" read like no caption).
+_COUNT_SKIP = _SCENE_NOUNS | frozenset("table counter desk wall floor".split())
+# Words saying there is one ("a lone giraffe", "a single cup", "the only car"): not counted up.
+_SINGLE_WORDS = frozenset("lone single only solitary sole".split())
+# Objects of "on" that "under" suits ("a cat on a car" -> "a cat under a car"); "on" before anything
+# else is left alone ("a woman on skis" -/-> "a woman under skis", "a man on a horse").
+_UNDER_OK = frozenset(
+    "table desk bench chair bed couch sofa shelf counter stool car truck van tree bridge umbrella "
+    "blanket cabinet sink awning canopy roof tarp pillow".split()
 )
 _QUANTIFIER_ADJECTIVES = frozenset("other many several few same different various much more most next first last only own whole".split())
 _NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
@@ -344,6 +362,47 @@ def _modified_noun(adjective) -> str:
     return ""
 
 
+def _compound_part(t) -> bool:
+    """Whether noun ``t`` is part of a noun compound ("fire hydrant", "teddy bear", "living room"),
+    as spaCy marks it (compound) or as the small pipelines misparse it: a noun right before or after
+    it, or a word after it hanging on it as a modifier ("fire hydrant" with "hydrant" an adjective
+    of "fire", "teddy bear" with "bear" an apposition)."""
+    doc = t.doc
+    if t.dep_ == "compound" or any(c.dep_ == "compound" for c in t.children):
+        return True
+    after = doc[t.i + 1] if t.i + 1 < len(doc) else None
+    before = doc[t.i - 1] if t.i > 0 else None
+    if after is not None and (after.pos_ in ("NOUN", "PROPN") or (after.head.i == t.i and after.dep_ in ("amod", "appos", "compound"))):
+        return True
+    return before is not None and before.pos_ in ("NOUN", "PROPN") and before.dep_ != "pobj" or (
+        t.dep_ == "appos" and t.head.i == t.i - 1
+    )
+
+
+# Nouns of places in relation phrases ("to the left of", "in front of", "on top of").
+_PLACE_NOUNS = frozenset("left right front back top bottom side middle edge corner center centre".split())
+
+
+def _in_of_phrase(t) -> bool:
+    """Whether noun ``t`` is either noun of a measure or part phrase "N of X" ("slices of pizza", "a
+    cup of coffee"): swapping one of them with another noun breaks the phrase ("two pizzas of
+    slice")."""
+    if t.dep_ == "pobj" and t.head.lower_ == "of" and t.head.head.pos_ in ("NOUN", "PROPN", "NUM"):
+        return t.head.head.lower_ not in _PLACE_NOUNS  # "to the left of a woman" is a place, not a measure
+    return any(c.lower_ == "of" and any(g.dep_ == "pobj" for g in c.children) for c in t.children)
+
+
+def _moved_span(text: str, source, dest) -> str:
+    """The case of a span of text moved from token ``source`` to token ``dest``: a capital that only
+    marks the caption's first word stays with the first position ("Blue bathroom with two white
+    towels" -> "White bathroom with two blue towels")."""
+    if source.i == 0 and text[:1].isupper() and not source.text.isupper():
+        text = text[:1].lower() + text[1:]
+    if dest.i == 0:
+        text = text[:1].upper() + text[1:]
+    return text
+
+
 def _caption_rng(seed: int, caption: str, salt: str) -> random.Random:
     return random.Random(f"{seed}\x00{caption}\x00{salt}")
 
@@ -358,27 +417,34 @@ class RuleBasedEditor:
 
     Kinds and what each covers:
 
-    - ``attribute``: if two nouns carry adjectives (amod, with their conjuncts: "white and black"),
-      the first two differing adjective spans are swapped ("a black dog with a white cat" -> "a
-      white dog with a black cat"). Otherwise (one modified noun, or equal adjectives) every
+    - ``attribute``: if two nouns carry adjectives (amod, with their conjuncts: "white and black";
+      an adjective directly before its noun, with only adjectives, adverbs, conjunctions or nouns
+      between and not after "to": "to pet two dogs" has none), the first two differing adjective
+      spans are swapped ("a black dog with a white cat" -> "a white dog with a black cat"; the
+      caption's initial capital stays in first position). Otherwise (one modified noun, or equal adjectives) every
       colour adjective is replaced by another colour, every size adjective by its opposite
       (big/small, tall/short, old/young ...) and every material by another material.
     - ``object``: every noun of the vocabulary's categories (animals, vehicles, furniture, food,
       people) is replaced by another of its category not already in the caption, plural for a
       plural noun; and the first two object nouns of different lemmas are swapped, each inflected
-      for the other's number ("two dogs chasing a cat" -> "two cats chasing a dog"). Frame nouns
-      (photo, group, side, top, ...) and compound nouns ("hot dog") are left alone.
+      for the other's number ("two dogs chasing a cat" -> "two cats chasing a dog"); nouns of a
+      measure or part phrase "N of X" ("slices of pizza") are not swapped. Frame nouns (photo,
+      group, side, top, ...) and compound nouns ("hot dog", "fire hydrant", "teddy bear", also as
+      the small pipelines misparse them: two nouns in a row) are left alone.
     - ``relation``: a preposition or verb from the vocabulary's opposites ("on" -> "under",
-      "in front of" -> "behind", "next to" -> "far from", "riding" -> "walking next to",
-      "sitting" <-> "standing" ...), one edit per occurrence. "on" is skipped before ground/time
-      nouns (on the grass, on a sunny day) and before position words (on the left).
+      "in front of" -> "behind", "riding" -> "walking next to", "sitting" <-> "standing" ...), one
+      edit per occurrence. "on" becomes "under" only before things one can be under (table,
+      bench, car, tree, umbrella, ...: "a woman on skis" is left alone). "next to" / "near" /
+      "beside" -> "far from" is not made: a blind LM spots all of them.
     - ``position``: above/below is **position**, not relation: the position edits are the text
       side of image flips, so one edit mirrors every horizontal word (left <-> right, leftmost <->
       rightmost; "to the left of" -> "to the right of") and one every vertical word (above <->
       below, top <-> bottom, upper <-> lower). "right" as an adverb (right next to) and "left"
       as a verb are not position words; "on top of" is a relation (-> "under").
     - ``count``: a number word or digit modifying a noun (nummod) is moved by +1 and -1 (not
-      below one), "a"/"an" before an object noun becomes "two"; the head noun is inflected
+      below one); "a"/"an" becomes "two" before the caption's first object noun only (the
+      subject, or the first object: never a scene or ground noun such as field, room, street,
+      table, beach, nor after lone / single / only); the head noun is inflected
       (irregular plurals table, then rules) and, when the noun is the subject, its verb agrees
       ("a man is riding" -> "two men are riding", "there is a dog" -> "there are two dogs").
     - ``order``: ARO's four word-order shuffles (nouns and adjectives among themselves,
@@ -386,7 +452,7 @@ class RuleBasedEditor:
       whitespace words with a final full stop dropped. A shuffle equal to the caption (up to
       case and whitespace) is not an edit; captions with fewer than two content words (nouns,
       verbs, adjectives, numbers) get no order edit ("a photo" -> "photo a" is not a
-      compositional negative).
+      compositional negative). Off by default: ask with ``kinds`` (:data:`RULE_KINDS`).
 
     Every edit differs from the caption under :func:`~hf_counterfactual.features.normalize_caption`
     (case and whitespace ignored: the same tokens are no edit); duplicates (same normalised edited
@@ -404,7 +470,8 @@ class RuleBasedEditor:
         pipeline: name of an installed spaCy English pipeline, ``auto``: the first installed of
             :data:`hf_counterfactual.nlp.ENGLISH_PIPELINES` (ignored if ``nlp`` is given).
         nlp: an already loaded spaCy ``Language``.
-        kinds: the edit kinds to produce, in the order they are returned.
+        kinds: the edit kinds to produce, in the order they are returned (default
+            :data:`DEFAULT_RULE_KINDS`: all of :data:`RULE_KINDS` but ``order``).
         seed: seed of the random choices.
         vocab: entries overriding :data:`DEFAULT_VOCAB` (same keys).
         max_caption_words: captions with more whitespace-separated words than this are skipped
@@ -423,7 +490,7 @@ class RuleBasedEditor:
         self,
         pipeline: str = "auto",
         nlp=None,
-        kinds: Sequence[str] = RULE_KINDS,
+        kinds: Sequence[str] = DEFAULT_RULE_KINDS,
         seed: int = 0,
         vocab: dict | None = None,
         max_caption_words: int | None = 64,
@@ -533,10 +600,20 @@ class RuleBasedEditor:
     # attribute ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _adjective_span(noun) -> tuple[int, int] | None:
+    def _premodifier(adjective, noun) -> bool:
+        """Whether an amod adjective really modifies ``noun`` from before it: nothing but adjectives,
+        adverbs, conjunctions, punctuation or nouns between them, and no "to" before it ("to pet
+        two dogs" is a verb)."""
+        doc = noun.doc
+        if adjective.i > 0 and doc[adjective.i - 1].lower_ == "to":
+            return False
+        return all(doc[k].pos_ in ("ADJ", "ADV", "CCONJ", "PUNCT", "NOUN", "PROPN") for k in range(adjective.i + 1, noun.i))
+
+    def _adjective_span(self, noun) -> tuple[int, int] | None:
         adjectives = [
             c for c in noun.children
             if c.dep_ == "amod" and c.pos_ == "ADJ" and c.i < noun.i and c.lower_ not in _QUANTIFIER_ADJECTIVES
+            and self._premodifier(c, noun)
         ]
         if not adjectives:
             return None
@@ -557,7 +634,7 @@ class RuleBasedEditor:
                 text_a, text_b = doc[a0 : a1 + 1].text, doc[b0 : b1 + 1].text
                 if text_a.lower() == text_b.lower() or not (a1 < b0 or b1 < a0):
                     continue
-                repl = {a0: text_b, b0: text_a}
+                repl = {a0: _moved_span(text_b, doc[b0], doc[a0]), b0: _moved_span(text_a, doc[a0], doc[b0])}
                 repl.update({i: "" for i in range(a0 + 1, a1 + 1)})
                 repl.update({i: "" for i in range(b0 + 1, b1 + 1)})
                 # two objects change: no single target
@@ -595,8 +672,7 @@ class RuleBasedEditor:
     def _object_noun(t) -> bool:
         return (
             t.pos_ == "NOUN"
-            and t.dep_ != "compound"
-            and not any(c.dep_ == "compound" for c in t.children)
+            and not _compound_part(t)
             and t.lower_ not in _FRAME_NOUNS
             and len(t.text) > 1
         )
@@ -619,7 +695,7 @@ class RuleBasedEditor:
                 continue
             new = self._inflect(rng.choice(choices), _is_plural(t), t.text)
             edits.append((_render(doc, {t.i: new}), t.text, new, t.text))
-        nouns = [t for t in doc if self._object_noun(t) and _lemma(t) not in _SCENE_NOUNS]
+        nouns = [t for t in doc if self._object_noun(t) and _lemma(t) not in _SCENE_NOUNS and not _in_of_phrase(t)]
         for i, a in enumerate(nouns):
             b = next((n for n in nouns[i + 1 :] if _lemma(n) != _lemma(a)), None)
             if b is None:
@@ -667,6 +743,8 @@ class RuleBasedEditor:
             objects = [c for c in first.children if c.dep_ == "pobj"]
             if not objects or any(o.lower_ in _ON_GROUND or _lemma(o) in _ON_GROUND for o in objects):
                 return False
+            if not all(_lemma(o) in _UNDER_OK for o in objects):
+                return False
             if first.head.pos_ == "VERB" and first.head.lemma_ in ("talk", "put", "turn", "wait", "work"):
                 return False
         return True
@@ -707,9 +785,13 @@ class RuleBasedEditor:
 
     def _count(self, doc, rng):
         edits = []
+        # "a X" -> "two Xs" only for the first object noun: the subject, or the first object
+        first = next((n for n in doc if self._object_noun(n) and _lemma(n) not in _COUNT_SKIP), None)
         for t in doc:
             head = t.head
             if head.pos_ != "NOUN" or head.i <= t.i or not self._object_noun(head):
+                continue
+            if any(c.lower_ in _SINGLE_WORDS for c in head.children):
                 continue
             word = t.lower_
             targets: list[int] = []
@@ -717,7 +799,7 @@ class RuleBasedEditor:
                 n = _NUMBERS[word] if word in _NUMBERS else int(word)
                 targets = [m for m in (n + 1, n - 1) if m >= 1]
                 digits = word.isdigit()
-            elif word in ("a", "an") and t.dep_ == "det" and not _is_plural(head):
+            elif word in ("a", "an") and t.dep_ == "det" and not _is_plural(head) and first is not None and head.i == first.i:
                 if t.i + 2 < len(doc) and doc[t.i + 1].lower_ == "couple":
                     continue
                 targets, digits = [2], False
