@@ -86,7 +86,7 @@ def test_trainer_trains_llava_on_record_local_terms_and_saves_a_plain_llava(llav
 
 def test_a_dense_objective_on_llava_is_refused_at_start_up(llava, records, tmp_path):
     model, processor = llava
-    with pytest.raises(ValueError, match=r"\['grouping'\] need all-pairs scores of a dual encoder, which LlavaForConditionalGeneration"):
+    with pytest.raises(ValueError, match=r"\['grouping'\] need a dual encoder's embeddings \(all-pairs scores\), which LlavaForConditionalGeneration"):
         CounterfactualTrainer(model=model, args=args(tmp_path, objective="grouping", loss_weights=None),
                               train_dataset=records_dataset(records), processing_class=processor)  # fmt: skip
 
