@@ -34,6 +34,8 @@ OBJECTIVES = {
     "read": ["--objective", "read"],
     "read w/o reconstruction": ["--objective", "read", "--loss_weights", "reconstruction=0"],
     "read w/o paraphrase": ["--objective", "read", "--loss_weights", "paraphrase=0"],
+    # READ with the counterfactual captions as negatives of the paraphrase term too (its use_negative_in_text_contrastive).
+    "read, hard paraphrase": ["--objective", "read", "--loss_weights", "paraphrase=0,paraphrase_hard=0.5"],
     # SigLIP's sigmoid loss, alone and with the counterfactuals (--model_type siglip).
     "sigmoid": ["--objective", "sigmoid"],
     "sigmoid-negclip": ["--objective", "sigmoid-negclip"],

@@ -16,6 +16,8 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
   ``grouping`` (image rows; the loss has no second direction).
 - ``paraphrase``: READ-CLIP's sentence-level alignment, InfoNCE from each record's paraphrase to the
   captions of the global batch (``scale * cosine``, one direction).
+- ``paraphrase_hard``: the same with every counterfactual caption of the global batch as extra
+  negative columns (READ-CLIP's ``use_negative_in_text_contrastive`` option).
 - ``reconstruction``: READ-CLIP's token-level reconstruction, a frozen decoder's cross-entropy on a
   random true caption of the image (the caption or a paraphrase) given the projected pooled text
   embedding of the caption (:mod:`hf_counterfactual.reconstruction`; the trainer adds the decoder).
@@ -33,7 +35,7 @@ one registered function (and its test); presets and ``--loss_weights`` name it. 
   complete counterfactual pair, the factual image and the edited image are each asked which of
   the two captions (in a random order) describes it; the loss is the NLL of the right letter.
 
-What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``, the sigmoid terms, ``paraphrase``,
+What a term needs (:attr:`Term.needs`): ``dense`` terms (``align``, ``negclip``, ``grouping``, the sigmoid terms, the paraphrase terms,
 ``reconstruction``) read a dual encoder's embeddings: they score
 every image against every text of the (global) batch, which only a dual encoder gives cheaply;
 ``pairs`` terms (``csd``, ``fcd``, ``local``) ask only for pairs of a record with its own
@@ -315,12 +317,17 @@ class Step:
         """Local images against every counterfactual caption of the global batch ``[B, X]``, and the
         mask of those that are negatives of each row (present, and not a true caption of its image)."""
         image, _, _, cf_text = self.embeds
-        logits = self.scores.matrix(image, self.gather(cf_text.flatten(0, 1)))
+        return self.scores.matrix(image, self.gather(cf_text.flatten(0, 1))), self.negative_caption_mask
+
+    @cached_property
+    def negative_caption_mask(self) -> torch.Tensor:
+        """``[X]`` or ``[B, X]``: which counterfactual captions of the global batch are negatives of
+        each local factual pair (present, and not a true caption of its image)."""
         mask = self.gather(self.cf_text_valid.flatten(), grad=False)
         if self.keys is not None:
             negative_text = self.gather(self.keys[1][..., 0].flatten(), grad=False)
             mask = mask & _not_true_captions(self.factual_columns[0], self.factual_targets, negative_text)
-        return logits, mask
+        return mask
 
     @cached_property
     def grouping_pairs(self) -> dict[str, torch.Tensor | None]:
@@ -429,12 +436,33 @@ def sigmoid_grouping(step: Step) -> torch.Tensor:
 @register_term("paraphrase", "dense", paraphrases=True)
 def paraphrase(step: Step) -> torch.Tensor:
     """READ-CLIP's paraphrase alignment: InfoNCE from each record's paraphrase to the captions of the global batch (scale * cosine, one direction)."""
+    _, logits, mask = _paraphrase_logits(step)
+    return info_nce(logits, step.factual_targets, row_mask=step.batch["paraphrase_index"] >= 0, column_mask=mask)
+
+
+@register_term("paraphrase_hard", "dense", counterfactual_texts=True, paraphrases=True)
+def paraphrase_hard(step: Step) -> torch.Tensor:
+    """Paraphrase alignment whose columns also hold every counterfactual caption of the global batch (READ-CLIP's use_negative_in_text_contrastive)."""
+    rows, logits, mask = _paraphrase_logits(step)
+    _, _, _, cf_text = step.embeds
+    negative_logits = step.scores.scale * rows @ step.gather(cf_text.flatten(0, 1)).T
+    negative_mask = step.negative_caption_mask  # a row's target is its record's factual pair, as in NegCLIP
+    columns = torch.ones_like(logits, dtype=torch.bool) if mask is None else mask
+    return info_nce(
+        torch.cat([logits, negative_logits], dim=1), step.factual_targets, row_mask=step.batch["paraphrase_index"] >= 0,
+        column_mask=torch.cat([columns.expand_as(logits), negative_mask.expand_as(negative_logits)], dim=1),
+    )  # fmt: skip
+
+
+def _paraphrase_logits(step: Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each record's paraphrase embedding ``[B, D]`` (a placeholder where it has none), its scores
+    against the gathered captions ``[B, M]`` (scale * cosine: text-text, no image-text bias), and
+    the mask of the columns that are negatives (None: all)."""
     index = step.batch["paraphrase_index"]
     _, caption, _, _ = step.embeds
     rows = step.scores.text_embeds[index.clamp(min=0)]
-    logits = step.scores.scale * rows @ step.gather(caption).T  # text-text: no image-text bias
     # A caption of the same image or with the same text as a row's own is not a negative.
-    return info_nce(logits, step.factual_targets, row_mask=index >= 0, column_mask=step.factual_columns[1])
+    return rows, step.scores.scale * rows @ step.gather(caption).T, step.factual_columns[1]
 
 
 @register_term("reconstruction", "dense", reconstruction=True)

@@ -416,6 +416,34 @@ def test_paraphrase_term_is_read_clips_one_way_infonce_from_paraphrase_to_captio
     assert terms["paraphrase"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-4)
 
 
+def test_paraphrase_hard_adds_every_counterfactual_caption_as_a_negative_column():
+    """READ-CLIP's paraphrase alignment with use_negative_in_text_contrastive, by a naive loop: the
+    columns are every caption of the batch and every counterfactual caption of the batch, except a
+    counterfactual caption that is the row's own caption's text (here: made equal to record 1's caption)."""
+    model, processor, records = get_dummy_components(num_records=4)
+    records[0] = {**records[0], "counterfactuals": [{**records[0]["counterfactuals"][0], "caption": records[1]["caption"]}, *records[0]["counterfactuals"][1:]]}
+    torch.manual_seed(0)
+    batch = CounterfactualCollator(processor, num_counterfactuals=2, use_paraphrases=True)(records)
+    out = encode_batch(model, batch)
+    scale = model.logit_scale.exp().item()
+    terms = CounterfactualObjective(weights={"paraphrase_hard": 1.0, "paraphrase": 1.0})(
+        DualEncoderScores(out.image_embeds, out.text_embeds, torch.tensor(scale)), batch
+    )
+    texts = out.text_embeds.tolist()
+    captions = [int(t) for t in batch["text_index"]]
+    negatives = [int(t) for t in batch["cf_text_index"].flatten() if t >= 0]
+    losses, plain = [], []
+    for b in range(4):
+        row = texts[int(batch["paraphrase_index"][b])]
+        kept = [t for t in negatives if t != captions[b]]  # record 0's first counterfactual is record 1's caption: not record 1's negative
+        assert len(kept) == len(negatives) - (b == 1)
+        losses.append(nll([scale * cos(row, texts[t]) for t in captions + kept], b))
+        plain.append(nll([scale * cos(row, texts[t]) for t in captions], b))
+    assert terms["paraphrase_hard"].item() == pytest.approx(sum(losses) / 4, rel=1e-4)
+    assert terms["paraphrase"].item() == pytest.approx(sum(plain) / 4, rel=1e-4)
+    assert terms["paraphrase_hard"].item() > terms["paraphrase"].item()
+
+
 def test_the_trainer_collates_paraphrases_only_for_a_term_that_reads_them(tmp_path):
     from dummy_components import records_dataset
 
