@@ -12,6 +12,10 @@ of the caption (and optionally of the image) that is *false* of the factual imag
         edit        string        attribute | object | relation | position | count | order | negation | ...
         source      string        rule | llm | flip | inpaint | box-inpaint | procedural | ...
         score       float | None  filter score, kept for audit
+        plausibility_gap  {ngram, causal_lm, classifier: float | None} | None
+                                  blind text scorers' score(caption) - score(edited caption), kept
+                                  for audit (positive: a text-only model prefers the true caption;
+                                  None: not scored; see hf_counterfactual.generation.plausibility_stage)
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from datasets.fingerprint import Hasher
 #: (the schema is open), but these are the ones the evaluation breaks results down by.
 EDIT_KINDS = ("attribute", "object", "relation", "position", "count", "order", "negation")
 
+#: One counterfactual's blind plausibility gaps, one per text scorer (None: not run).
+PLAUSIBILITY_GAP_FEATURES = {"ngram": Value("float32"), "causal_lm": Value("float32"), "classifier": Value("float32")}
+
 COUNTERFACTUAL_FEATURES = Features(
     {
         "image": Image(),
@@ -40,6 +47,7 @@ COUNTERFACTUAL_FEATURES = Features(
                 "edit": Value("string"),
                 "source": Value("string"),
                 "score": Value("float32"),
+                "plausibility_gap": PLAUSIBILITY_GAP_FEATURES,
             }
         ),
     }
@@ -190,3 +198,10 @@ def validate_record(record: Mapping[str, Any], row: int | str | None = None, *, 
         for name in ("edit", "source"):
             if not isinstance(cf.get(name), str) or not cf[name]:
                 fail(f"counterfactuals[{i}].{name}", f"expected a non-empty string, got {cf.get(name)!r}")
+        gap = cf.get("plausibility_gap")
+        if gap is not None:
+            if not isinstance(gap, Mapping) or set(gap) - set(PLAUSIBILITY_GAP_FEATURES):
+                fail(f"counterfactuals[{i}].plausibility_gap", f"expected None or a mapping with keys from {sorted(PLAUSIBILITY_GAP_FEATURES)}, got {gap!r}")
+            for name, value in gap.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+                    fail(f"counterfactuals[{i}].plausibility_gap.{name}", f"expected a number or None, got {value!r}")

@@ -202,8 +202,8 @@ def test_push_to_hub_uploads_the_dataset_folder(coco, tmp_path, monkeypatch):
     assert calls[0][2] == {"repo_type": "dataset", "exist_ok": True, "private": False}
     upload = calls[1][2]
     assert upload["repo_type"] == "dataset" and upload["folder_path"] == str(out)
-    # the resume bookkeeping and the LLM caches stay local; the README and data go up
-    assert set(upload["ignore_patterns"]) == {".progress/*", ".cache/*"}
+    # the resume bookkeeping, the LLM caches and an unfinished refinement stay local; the README and data go up
+    assert set(upload["ignore_patterns"]) == {".progress/*", ".cache/*", "refined/.*"}
     assert (out / "README.md").exists() and list((out / "data").glob("val-r00000-*.parquet"))
 
 

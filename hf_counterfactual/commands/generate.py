@@ -14,7 +14,15 @@ For each image the first caption is the factual caption and the others its parap
   mask, count edits remove one instance or add one in an empty box; without instance annotations
   a grounding detector + segmenter finds the objects (``--detector_model``, ``--segmenter_model``);
 - filters: the pixel change inside/outside the mask and the CLIP score of the edited pair
-  (``--clip_filter_model``); the scores stay on the record.
+  (``--clip_filter_model``); the scores stay on the record;
+- text plausibility (``--plausibility``, implied by the other ``--plausibility_*`` flags): blind text
+  scorers (an n-gram LM fitted on this input's own captions, cross-fitted by image; optionally a
+  causal LM, ``--plausibility_causal_lm``, and a grammaticality classifier,
+  ``--plausibility_classifier``) score each counterfactual caption against its caption; the gaps
+  stay on the record (``plausibility_gap``); ``--plausibility_threshold`` drops negatives far less
+  plausible than their caption, ``--plausibility_refine`` balances what a blind model prefers per
+  edit kind over the whole split when it is finalised (SugarCrepe's adversarial refinement; the raw
+  shards stay loadable as the ``unrefined`` configuration).
 
 Each process takes a block of the images and writes Parquet shards; a rerun after a kill resumes::
 
@@ -114,6 +122,23 @@ class GenerationArguments:
     paraphrase_model: str | None = field(default=None, metadata={"help": "Causal LM writing paraphrases for images with too few captions."})
     min_paraphrases: int = field(default=1, metadata={"help": "Paraphrase images with fewer other true captions than this."})
     cache_dir: str | None = field(default=None, metadata={"help": "LLM cache folder (default: {output_dir}/.cache)."})
+    # text plausibility (blind scorers)
+    plausibility: bool = field(
+        default=False, metadata={"help": "Score each counterfactual caption against its caption with blind text scorers; gaps kept as plausibility_gap."}
+    )
+    plausibility_ngram: bool = field(
+        default=True, metadata={"help": "The n-gram LM fitted on this input's own captions, cross-fitted by image (--no_plausibility_ngram: off)."}
+    )
+    plausibility_ngram_order: int = field(default=2, metadata={"help": "n of the n-gram LM."})
+    plausibility_folds: int = field(default=5, metadata={"help": "Cross-fitting folds of the images (1: one LM on every caption, which memorises them)."})
+    plausibility_causal_lm: str | None = field(default=None, metadata={"help": "Also score with this causal LM (mean token log-probability; or 'tiny')."})
+    plausibility_classifier: str | None = field(default=None, metadata={"help": "Also score with this grammaticality classifier (probability of 'acceptable')."})
+    plausibility_classifier_label: str | None = field(default=None, metadata={"help": "The classifier's acceptable label (name or id) when not 'acceptable'."})
+    plausibility_threshold: str | None = field(
+        default=None, metadata={"help": "Drop a negative whose gap (first scorer) exceeds this: a number, or kind=number,... per edit kind."}
+    )
+    plausibility_refine: bool = field(default=False, metadata={"help": "Adversarial refinement per edit kind over the whole split, when it is finalised."})
+    plausibility_num_bins: int = field(default=10, metadata={"help": "Refinement: gap magnitude bins per edit kind and scorer."})
 
 
 def _split(value: str, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -132,8 +157,42 @@ def _dtype(name: str, device):
     return getattr(torch, name)
 
 
-def build_generator(args: GenerationArguments, device) -> CounterfactualGenerator:
-    """The stages the arguments ask for, models loaded with the ordinary ``from_pretrained``."""
+def plausibility_on(args: GenerationArguments) -> bool:
+    """Whether the text-plausibility stage runs: ``--plausibility`` or any flag that needs it."""
+    return bool(args.plausibility or args.plausibility_causal_lm or args.plausibility_classifier
+                or args.plausibility_threshold or args.plausibility_refine)
+
+
+def build_plausibility(args: GenerationArguments, device, items, cache_dir: str):
+    """The text-plausibility stage the arguments ask for, its n-gram LMs fitted on ``items``."""
+    from ..generation.plausibility import CausalLMScorer, SequenceClassifierScorer
+    from ..generation.plausibility_stage import CachedScores, CrossFitNgram, PlausibilityStage
+
+    ngram = CrossFitNgram(order=args.plausibility_ngram_order, num_folds=args.plausibility_folds, seed=args.seed) if args.plausibility_ngram else None
+    causal_lm = classifier = None
+    if args.plausibility_causal_lm:
+        model, tokenizer = _causal_lm(args.plausibility_causal_lm, device, _dtype(args.torch_dtype, device))
+        causal_lm = CachedScores(CausalLMScorer(model, tokenizer, batch_size=args.batch_size * 4), cache_dir=cache_dir)
+    if args.plausibility_classifier:
+        label = args.plausibility_classifier_label
+        label = int(label) if label is not None and label.isdigit() else label
+        scorer = SequenceClassifierScorer.from_pretrained(args.plausibility_classifier, device=str(device), label=label, batch_size=args.batch_size * 4)
+        classifier = CachedScores(scorer, model_name=f"{args.plausibility_classifier}:{scorer.label_id}", cache_dir=cache_dir)
+    stage = PlausibilityStage(ngram=ngram, causal_lm=causal_lm, classifier=classifier, threshold=args.plausibility_threshold)
+    return stage.fit(items) if items is not None else stage
+
+
+def refine_settings(arguments: dict) -> dict | None:
+    """``finalize``'s refinement settings of a split from its recorded arguments (None: not refined)."""
+    if not arguments.get("plausibility_refine"):
+        return None
+    return {"num_bins": arguments.get("plausibility_num_bins", 10), "seed": arguments.get("seed", 0),
+            "min_counterfactuals": arguments.get("min_counterfactuals", 1)}
+
+
+def build_generator(args: GenerationArguments, device, items=None) -> CounterfactualGenerator:
+    """The stages the arguments ask for, models loaded with the ordinary ``from_pretrained``;
+    ``items``: the whole input, on which the text-plausibility n-gram LM is fitted."""
     edits = _split(args.edits, TEXT_EDITS, "edits")
     image_edits = _split(args.image_edits, IMAGE_EDITS, "image_edits")
     cache_dir = args.cache_dir or os.path.join(args.output_dir, ".cache")
@@ -213,6 +272,7 @@ def build_generator(args: GenerationArguments, device) -> CounterfactualGenerato
         min_counterfactuals=args.min_counterfactuals,
         max_counterfactuals=args.max_counterfactuals,
         seed=args.seed,
+        plausibility=build_plausibility(args, device, items, cache_dir) if plausibility_on(args) else None,
     )
 
 
@@ -238,7 +298,12 @@ MODEL_FLAGS = {  # flag -> the file that makes a folder or repo that model
     "clip_filter_model": "config.json",
     "llm_model": "config.json",
     "paraphrase_model": "config.json",
+    "plausibility_causal_lm": "config.json",
+    "plausibility_classifier": "config.json",
 }
+# Fields that only change how finalize publishes the shards: a rerun may change them (the split is
+# refined again from the same shards), and the card still names them.
+FINALIZE_FIELDS = ("plausibility_refine", "plausibility_num_bins")
 
 
 def check_arguments(args: GenerationArguments) -> GenerationArguments:
@@ -256,6 +321,19 @@ def check_arguments(args: GenerationArguments) -> GenerationArguments:
         raise UsageError("--push_to_hub needs --hub_model_id, the dataset repo (e.g. org/cf-coco)")
     if args.preview < 0:
         raise UsageError(f"--preview {args.preview}: give a number of records >= 0")
+    if plausibility_on(args):
+        if not (args.plausibility_ngram or args.plausibility_causal_lm or args.plausibility_classifier):
+            raise UsageError("--no_plausibility_ngram leaves no blind scorer: add --plausibility_causal_lm or --plausibility_classifier")
+        if args.plausibility_folds < 1 or args.plausibility_ngram_order < 1 or args.plausibility_num_bins < 1:
+            raise UsageError("--plausibility_folds, --plausibility_ngram_order and --plausibility_num_bins must be >= 1")
+        if args.plausibility_classifier == TINY:
+            raise UsageError("--plausibility_classifier has no tiny model: give a checkpoint")
+        from ..generation.plausibility_stage import parse_threshold
+
+        try:
+            parse_threshold(args.plausibility_threshold)
+        except ValueError as err:
+            raise UsageError(f"--plausibility_threshold: {err}") from None
     for flag, marker in MODEL_FLAGS.items():
         check_pretrained(getattr(args, flag), f"--{flag}", marker=marker)
     return dataclasses.replace(args, spacy_pipeline=check_spacy_pipeline(args.spacy_pipeline))
@@ -307,7 +385,7 @@ def prepare_output_dir(args: GenerationArguments, inputs: dict, main_process: bo
     if os.path.isfile(path):
         with open(path) as f:
             previous = json.load(f)["arguments"]
-        changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
+        changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k) and k not in FINALIZE_FIELDS)
         if changed and not args.overwrite_output_dir:
             detail = ", ".join(f"{k}: {previous.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
             raise UsageError(
@@ -386,7 +464,7 @@ def push_dataset_folder(output_dir: str, repo_id: str, private: bool = False) ->
 
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
-    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=output_dir, ignore_patterns=[f"{PROGRESS_DIR}/*", ".cache/*"])
+    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=output_dir, ignore_patterns=[f"{PROGRESS_DIR}/*", ".cache/*", "refined/.*"])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -407,7 +485,7 @@ def run(args: GenerationArguments, script: str = "`hf-cf generate`") -> dict:
     items, inputs = read_inputs(args)
     prepare_output_dir(args, inputs, state.is_main_process)
     state.wait_for_everyone()
-    generator = build_generator(args, state.device)
+    generator = build_generator(args, state.device, items)
     writer = ShardedRecordWriter(
         args.output_dir, split=args.split, records_per_shard=args.records_per_shard, rank=state.process_index, world_size=state.num_processes
     )
@@ -426,7 +504,8 @@ def run(args: GenerationArguments, script: str = "`hf-cf generate`") -> dict:
         if args.preview:
             previews[args.split] = write_preview(args.output_dir, args.split, args.preview)
         card = lambda stats: generation_card(runs, stats, script=script, license=args.dataset_license, previews=previews)  # noqa: E731
-        stats = finalize(args.output_dir, list(runs), dataset_card=card)
+        refine = {split: s for split, run in runs.items() if (s := refine_settings(run["arguments"])) is not None}
+        stats = finalize(args.output_dir, list(runs), dataset_card=card, refine=refine)
         logger.info("generation stats: %s", json.dumps(stats[args.split]))
         if args.push_to_hub:
             push_dataset_folder(args.output_dir, args.hub_model_id, args.hub_private_repo)

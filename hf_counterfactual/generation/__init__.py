@@ -19,6 +19,7 @@ from .llm import CachedGenerator
 from .paraphrase import LLMParaphraser, paraphrase_problem
 from .text_edits import DEFAULT_EXAMPLES, LLMConceptEditor, RuleBasedEditor, TextEdit
 from .pipeline import CounterfactualGenerator, FactualItem, Instance
+from .plausibility_stage import CachedScores, CrossFitNgram, PlausibilityStage
 from .writer import GeneratedRecord, ShardedRecordWriter, SkipRecord, WriterStats, finalize
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
     "CachedGenerator",
     "LLMParaphraser",
     "paraphrase_problem",
+    "CachedScores",
+    "CrossFitNgram",
+    "PlausibilityStage",
     "CounterfactualGenerator",
     "FactualItem",
     "GeneratedRecord",

@@ -19,7 +19,8 @@ def pass_rates(counts: Mapping[str, int]) -> dict[str, str]:
     return rates
 
 
-MODEL_FIELDS = ("inpainting_model", "detector_model", "segmenter_model", "clip_filter_model", "llm_model", "paraphrase_model")
+MODEL_FIELDS = ("inpainting_model", "detector_model", "segmenter_model", "clip_filter_model", "llm_model", "paraphrase_model",
+                "plausibility_causal_lm", "plausibility_classifier")
 
 
 def _model(name: str | None) -> str | None:
@@ -60,6 +61,49 @@ def made_with(a: Mapping[str, Any], annotated: bool) -> tuple[list[str], list[st
         margin = f", beating the original caption by {a['clip_margin']}" if a.get("clip_margin") is not None else ""
         filters.append(f"{a['clip_filter_model']} cosine of the edited pair >= {a['clip_threshold']}{margin}")
     return stages, filters
+
+
+def plausibility_lines(a: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
+    """The card's lines on the text-plausibility stage of a split (none when it did not run), from
+    its arguments ``a`` and its merged stats ``s``: the scorers, the filter and its counts per edit
+    kind, the refinement and its counts per edit kind."""
+    a = {k: (_model(v) if k in MODEL_FIELDS else v) for k, v in a.items()}
+    if not (a.get("plausibility") or a.get("plausibility_causal_lm") or a.get("plausibility_classifier")
+            or a.get("plausibility_threshold") or a.get("plausibility_refine")):
+        return []
+    scorers = []
+    if a.get("plausibility_ngram", True):
+        folds = a.get("plausibility_folds", 5)
+        how = f"cross-fitted over {folds} folds of the images" if folds > 1 else "fitted on every caption (not cross-fitted)"
+        scorers.append(f"a Kneser-Ney {a.get('plausibility_ngram_order', 2)}-gram LM fitted on this input's own captions, {how}")
+    if a.get("plausibility_causal_lm"):
+        scorers.append(f"the mean token log-probability under {a['plausibility_causal_lm']}")
+    if a.get("plausibility_classifier"):
+        scorers.append(f"the 'acceptable' probability of {a['plausibility_classifier']}")
+    lines = [
+        "- text plausibility: each counterfactual caption scored by blind (text-only) scorers, "
+        + "; ".join(scorers)
+        + "; `plausibility_gap` holds score(caption) - score(counterfactual) per scorer (positive: a text-only model prefers the true caption)"
+    ]
+    counts = s.get("counts", {})
+    if a.get("plausibility_threshold"):
+        per_kind: dict[str, dict[str, int]] = {}
+        for key, n in counts.items():
+            parts = key.split("/")
+            if len(parts) == 4 and parts[:2] == ["plausibility", "filter"]:
+                per_kind.setdefault(parts[2], {"kept": 0, "dropped": 0})[parts[3]] = n
+        lines.append(f"- plausibility filter: a negative whose gap (first scorer) exceeds {a['plausibility_threshold']} is dropped; "
+                     f"per edit kind: {json.dumps(per_kind, sort_keys=True)}")
+    refinement = s.get("plausibility_refinement")
+    if refinement:
+        st = refinement["settings"]
+        lines.append(
+            f"- adversarial refinement (SugarCrepe's, per edit kind over the whole split; {st['num_bins']} gap bins, seed {st['seed']}, "
+            f"scorers {', '.join(st['scorers'])}): per edit kind {json.dumps(refinement['kinds'], sort_keys=True)}; "
+            f"records left with too few counterfactuals and dropped: {refinement['records_dropped']} of {refinement['num_records_before']}; "
+            "the records before refinement load as the `unrefined` configuration"
+        )
+    return lines
 
 
 def generation_card(
@@ -117,6 +161,7 @@ def generation_card(
         if filters:
             lines.append(f"- filters: {'; '.join(filters)}. An image edit that fails one keeps only its caption, as a text-only negative.")
             lines.append(f"- filter pass rates: {json.dumps(pass_rates(counts), sort_keys=True)}")
+        lines += plausibility_lines(a, s)
         if counts:
             lines.append(f"- stage counters: {json.dumps(counts, sort_keys=True)}")
         if previews and split in previews:

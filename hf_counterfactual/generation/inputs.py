@@ -104,6 +104,11 @@ class DatasetItems(Sequence):
             raise InputError("the dataset split is empty")
         self.dataset, self.image_column, self.caption_column = dataset, image_column, caption_column
 
+    def all_captions(self) -> list[list[str]]:
+        """The captions of every row (the caption column alone: no image is read)."""
+        column = self.dataset[self.caption_column]
+        return [[c] if isinstance(c, str) else [x for x in (c or []) if isinstance(x, str)] for c in column]
+
     def __len__(self) -> int:
         return len(self.dataset)
 

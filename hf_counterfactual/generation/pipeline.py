@@ -12,7 +12,12 @@
    concept; count edits remove one instance or add one in an empty box (Sahin et al.; CounterCurate
    with box-masked inpainting instead of the deprecated GLIGEN), all in one batched call;
 7. **filters**: the pixel-change test inside/outside the mask and the image-text match of the
-   edited pair; an image edit that fails keeps only its caption as a text-only negative.
+   edited pair; an image edit that fails keeps only its caption as a text-only negative;
+8. **plausibility** (optional, :class:`~.plausibility_stage.PlausibilityStage`): blind text scorers
+   score every candidate counterfactual caption against its factual caption, the gaps go on the
+   counterfactual (``plausibility_gap``) and a negative far less plausible than its caption is
+   dropped (per kind threshold); the adversarial refinement runs later, over the whole split, when
+   :func:`~hf_counterfactual.generation.writer.finalize` publishes it.
 
 Every model stage is batched over the whole batch. Each item's randomness is seeded from its
 global index, so records do not depend on the batch size or on the number of processes, up to
@@ -54,7 +59,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CounterfactualGenerator", "FactualItem", "Instance", "STAGES"]
 
 #: Stage names, in the order they run (the keys of :attr:`CounterfactualGenerator.timings`).
-STAGES = ("load", "text_edits", "paraphrases", "flip", "grounding", "inpainting", "filters", "assemble")
+STAGES = ("load", "text_edits", "paraphrases", "flip", "grounding", "inpainting", "filters", "plausibility", "assemble")
 
 #: Per-caption stats of a text editor (``edit_batch_with_stats``, e.g. RuleBasedEditor's caps) ->
 #: the item counter they are reported as.
@@ -195,6 +200,11 @@ class CounterfactualGenerator:
         min_counterfactuals / max_counterfactuals: fewer -> the item is skipped (counted); more
             -> the first kept (image edits first, then flips, then text edits in editor order).
         seed: seed of instance choices and of the inpainting (per item: ``seed`` and its index).
+        plausibility: a :class:`~.plausibility_stage.PlausibilityStage` (already fitted: its n-gram
+            LM is fitted on the whole input's captions, :meth:`~.plausibility_stage.PlausibilityStage.fit`);
+            None: no blind scoring. It sees the candidates after de-duplication and before
+            ``min_counterfactuals`` / ``max_counterfactuals``, so a filtered record is refilled
+            from the later candidates.
     """
 
     def __init__(
@@ -213,6 +223,7 @@ class CounterfactualGenerator:
         min_counterfactuals: int = 1,
         max_counterfactuals: int = 8,
         seed: int = 0,
+        plausibility=None,
     ):
         unknown = sorted(set(image_edit_kinds) - set(IMAGE_EDIT_KINDS))
         if unknown:
@@ -231,6 +242,7 @@ class CounterfactualGenerator:
         self.min_counterfactuals = min_counterfactuals
         self.max_counterfactuals = max_counterfactuals
         self.seed = seed
+        self.plausibility = plausibility
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self.num_items = 0
 
@@ -322,8 +334,15 @@ class CounterfactualGenerator:
             image_cfs = self._filter(planned, edited, images, captions, counts)
 
         with self._timed("assemble"):
+            candidates = {i: self._candidates(captions[i], paraphrases[i], flips[i], image_cfs[i], text_edits[i], counts[i]) for i in live}
+        with self._timed("plausibility"):
+            if self.plausibility is not None and live:
+                scored = self.plausibility.apply([indices[i] for i in live], [captions[i] for i in live],
+                                                 [candidates[i] for i in live], [counts[i] for i in live])
+                candidates = dict(zip(live, scored))
+        with self._timed("assemble"):
             for i in live:
-                results[i] = self._assemble(i, captions[i], paraphrases[i], images[i], flips[i], image_cfs[i], text_edits[i], counts[i])
+                results[i] = self._assemble(captions[i], paraphrases[i], images[i], candidates[i], counts[i])
                 if isinstance(results[i], SkipRecord) and i in too_long:
                     # Its text editor never looked at the caption: say so, not "no editable word".
                     cap = too_long[i]
@@ -461,7 +480,7 @@ class CounterfactualGenerator:
 
     # ----------------------------------------------------------------------------- assemble
 
-    def _assemble(self, i, caption, paraphrases, image, flipped, image_cfs, edits, counts):
+    def _candidates(self, caption, paraphrases, flipped, image_cfs, edits, counts) -> list[dict]:
         candidates = list(image_cfs)
         if flipped is not None:
             candidates.append({"caption": flipped[1], "image": flipped[0], "edit": "position", "source": "flip", "score": None})
@@ -478,6 +497,9 @@ class CounterfactualGenerator:
                 continue
             seen.add(key)
             kept.append(cf)
+        return kept
+
+    def _assemble(self, caption, paraphrases, image, kept, counts):
         if len(kept) < self.min_counterfactuals:
             reason = "no editable word" if not kept else f"fewer than {self.min_counterfactuals} counterfactuals"
             return SkipRecord(reason, counts=counts)

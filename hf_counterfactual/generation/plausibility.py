@@ -91,6 +91,13 @@ def tokenize(caption: str) -> list[str]:
     return _WORD.findall(caption.lower().replace("\u2019", "'")) if isinstance(caption, str) else []
 
 
+def _log(p: np.ndarray) -> np.ndarray:
+    """Natural log, element by element with ``math.log``: numpy's SIMD log may round the last bit
+    differently by an element's position in the array, which would make a caption's score depend on
+    the captions scored with it (and generation on its batches)."""
+    return np.fromiter(map(math.log, p.tolist()), dtype=np.float64, count=len(p))
+
+
 @runtime_checkable
 class PlausibilityScorer(Protocol):
     """Anything that scores captions: ``score(captions) -> np.ndarray`` of shape ``[len(captions)]``,
@@ -289,10 +296,17 @@ class KneserNeyLM:
         if not len(captions):
             return np.zeros(0), np.zeros(0, dtype=np.int64)
         ids, starts, _ = self._encode(captions)
-        logp = np.log(self._token_probs(ids))
+        logp = _log(self._token_probs(ids))
         ends = np.append(starts[1:] - (self.order - 1), len(ids))
-        csum = np.concatenate([[0.0], np.cumsum(logp)])
-        return csum[ends] - csum[starts], ends - starts
+        # Each caption summed on its own, token after token (a vectorised sum would associate a
+        # caption's terms by its neighbours' lengths), so that a caption's score does not depend on
+        # the captions scored with it, to the last bit.
+        lengths = ends - starts
+        total = np.zeros(len(starts))
+        for t in range(int(lengths.max())):
+            live = np.flatnonzero(lengths > t)
+            total[live] += logp[starts[live] + t]
+        return total, lengths
 
     def log_prob(self, caption: str) -> float:
         """Total natural-log probability of ``caption`` (its words and ``</s>``)."""

@@ -567,6 +567,7 @@ def finalize(
     require_complete: bool = True,
     features: Features = COUNTERFACTUAL_FEATURES,
     verify: bool = True,
+    refine: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Makes ``output_dir`` loadable with ``datasets.load_dataset(output_dir)`` and writes its stats.
 
@@ -584,6 +585,14 @@ def finalize(
     damaged after it was written is refused, not served; ``verify=False`` skips that read (only
     the files' presence is checked).
 
+    ``refine`` (``{split: settings}``) runs the text-plausibility adversarial refinement over every
+    shard of each split named (:func:`~hf_counterfactual.generation.plausibility_stage.refine_split`;
+    settings ``num_bins``, ``seed``, ``scorers``, ``min_counterfactuals``): the ``default``
+    configuration then serves ``refined/{split}-{digest}/``, written whole or not at all (and reused
+    by a rerun), the stats count what it holds and keep the counts kept and dropped per edit kind
+    under ``plausibility_refinement``; the raw shards stay in ``data/`` as the ``unrefined``
+    configuration. Refined folders the README no longer names are removed after it is written.
+
     Raises:
         RuntimeError: a split has a missing or unfinished process (unless ``require_complete=False``)
             or no records at all; a committed shard is missing or damaged (rerun the writer: it
@@ -596,7 +605,7 @@ def finalize(
 
     output_dir = Path(output_dir)
     all_stats: dict[str, Any] = {}
-    data_files = []
+    data_files, raw_files, refined = [], [], {}
     splits = SplitDict()
     for split in split_names:
         paths = sorted((output_dir / PROGRESS_DIR).glob(f"{split}-r*.json"))
@@ -637,15 +646,35 @@ def finalize(
                 "rerun the writer on every rank (it removes and regenerates such shards), then finalize again"
             )
         all_stats[split] = {"world_size": world_size, **total.to_dict()}
-        data_files.append({"split": split, "path": f"data/{split}-r*.parquet"})
+        raw_files.append({"split": split, "path": f"data/{split}-r*.parquet"})
         num_bytes = sum(path.stat().st_size for path in (output_dir / "data").glob(f"{split}-r*.parquet"))
-        splits[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=total.num_records)
+        num_records = total.num_records
+        if refine and split in refine:
+            from .plausibility_stage import refine_split
+
+            files = [e["file"] for p in sorted(progresses, key=lambda p: p["rank"]) for e in p["shards"] if e["file"] is not None]
+            summary = refine_split(output_dir, split, files, refine[split], features)
+            if summary["num_records"] == 0:
+                raise RuntimeError(f"split {split!r}: the plausibility refinement kept no record")
+            all_stats[split].update(
+                num_records=summary["num_records"], num_shards=summary["num_shards"], edits=summary["edits"], sources=summary["sources"],
+                plausibility_refinement={k: summary[k] for k in ("path", "settings", "kinds", "records_dropped", "unscored")}
+                | {"num_records_before": total.num_records},
+            )
+            refined[split] = summary["path"]
+            data_files.append({"split": split, "path": f"{summary['path']}/{split}-r*.parquet"})
+            num_bytes, num_records = summary["num_bytes"], summary["num_records"]
+        else:
+            data_files.append({"split": split, "path": f"data/{split}-r*.parquet"})
+        splits[split] = SplitInfo(name=split, num_bytes=num_bytes, num_examples=num_records)
 
     if callable(dataset_card):
         dataset_card = dataset_card(all_stats)
     header, body = _split_front_matter(dataset_card or "")
-    configs = [c for c in header.get("configs", []) if c.get("config_name") != "default"]
+    configs = [c for c in header.get("configs", []) if c.get("config_name") not in ("default", "unrefined")]
     header["configs"] = [{"config_name": "default", "data_files": data_files, "default": True}, *configs]
+    if refined:  # the shards as generated, before the refinement
+        header["configs"].append({"config_name": "unrefined", "data_files": raw_files})
     # dataset_info is what push_to_hub writes; here it also keys datasets' cache. datasets caches a
     # local folder by its name and README metadata, not by its files: without the sizes, two
     # generated folders of the same name (a rerun into a new place) would share one stale cache.
@@ -662,4 +691,9 @@ def finalize(
     readme = "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body
     _atomic_write_bytes(output_dir / "README.md", readme.encode())
     _atomic_write_bytes(output_dir / STATS_FILE, (json.dumps(all_stats, indent=2) + "\n").encode())
+    if refine is not None or (output_dir / "refined").is_dir():
+        from .plausibility_stage import remove_stale_refinements
+
+        for split in split_names:
+            remove_stale_refinements(output_dir, split, refined[split].split("/")[-1] if split in refined else None)
     return all_stats
