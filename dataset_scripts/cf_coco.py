@@ -11,6 +11,10 @@ with a README ``configs:`` block, read by ``load_dataset("org/cf-coco")``::
         --clip_filter_model openai/clip-vit-base-patch32 --preview 8 \\
         --push_to_hub --hub_model_id org/cf-coco
 
+Add ``--plausibility_threshold count=0.5 --plausibility_refine`` to drop and balance the text
+negatives a text-only model can tell from COCO's captions (an n-gram LM fitted on COCO's own
+captions, cross-fitted by image; the card counts what was kept and dropped per edit kind).
+
 ``--coco_root`` holds ``annotations/captions_{train,val}2017.json`` (and ``instances_*`` for masks)
 and ``train2017/``, ``val2017/``. Every ``hf-cf generate`` option applies (``--help``); offline,
 ``tiny`` names a random tiny model wherever a model is asked for.
