@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .features import InvalidRecordError, normalize_caption, validate_record
+from .image_processing import IMAGE_PATHS, FastImageTransform, resolve_image_transform
 
 
 _DATASETS_IMAGE = datasets.Image()
@@ -46,7 +47,8 @@ def load_image(value: Any, where: str) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """``image`` as 8-bit RGB. 16- and 32-bit integer greyscale (``I;16`` PNGs) is scaled to 0-255 first:
-    Pillow's ``convert`` clips it instead, so an ordinary 16-bit photo would come out near-white."""
+    Pillow's ``convert`` clips it instead, so an ordinary 16-bit photo would come out near-white.
+    Transparency is composited onto white (as the image processors' ``convert_to_rgb``)."""
     if image.mode.startswith("I"):
         values = np.asarray(image).astype(np.float64)
         # I;16* is 16-bit by its mode, even when dark. Plain I (32-bit) says nothing of its range: it is
@@ -54,6 +56,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         sixteen_bit = image.mode.startswith("I;16") or values.max(initial=0) > 255
         scale = 255.0 / 65535.0 if sixteen_bit else 1.0
         image = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+    if image.mode != "RGB" and ("A" in image.getbands() or image.info.get("transparency") is not None):
+        # Transparency composited onto white, as the image processors' own convert_to_rgb does.
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -116,7 +122,9 @@ class CounterfactualCollator:
     Returns a dict with
 
     - ``pixel_values`` ``[I, 3, H, W]``: each distinct image once (identical pixels share a row); the
-      distinct factual images come first.
+      distinct factual images come first. Float32, as the processor gives them; ``uint8`` with
+      ``defer_normalization=True`` (what :class:`~hf_counterfactual.trainer.CounterfactualTrainer`
+      builds), for the model side to normalise on its device (:meth:`normalize_pixel_values`).
     - ``input_ids``, ``attention_mask`` ``[T, L]``: each distinct text once: texts equal under
       :func:`~hf_counterfactual.features.normalize_caption`, or with equal token ids (a tokenizer may
       normalise more, e.g. punctuation), share a row.
@@ -146,6 +154,14 @@ class CounterfactualCollator:
             what SigLIP's text tower needs, see :func:`~hf_counterfactual.scoring.text_padding`).
             The batch holds ``attention_mask`` only where the tokenizer returns one by default
             (SigLIP's does not: it is run without).
+        image_path: ``"fast"`` (default): :class:`~hf_counterfactual.image_processing.FastImageTransform`
+            (JPEG draft decode of undecoded images, one resize of the crop, ``uint8`` out), where the
+            processor allows it (else the processor, with the reason logged); ``"exact"``: the
+            processor's own float tensors. :attr:`image_transform` is the transform in use (``None``: exact).
+        defer_normalization: on the fast path, return ``pixel_values`` as ``uint8`` (a quarter of the
+            bytes to pass between processes and to the device) and leave the rescaling and
+            normalisation to the model side (:meth:`normalize_pixel_values`, which the trainer calls in
+            ``compute_loss``). Off by default, so that a batch fed to the model by hand is its input.
         reconstruction_tokenizer: the reconstruction decoder's tokenizer (READ-CLIP): each record
             gets a target, a random true caption of its image (the caption or one of its
             paraphrases), as ``reconstruction_labels`` ``[B, L]`` (that tokenizer's ids, -100 at
@@ -162,8 +178,14 @@ class CounterfactualCollator:
     padding: bool | str = True
     use_paraphrases: bool = False
     reconstruction_tokenizer: Any = None
+    image_path: str = "fast"
+    defer_normalization: bool = False
+    image_transform: FastImageTransform | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.image_path not in IMAGE_PATHS:
+            raise ValueError(f"image_path must be one of {IMAGE_PATHS}, got {self.image_path!r}")
+        self.image_transform = resolve_image_transform(self.processor.image_processor, self.image_path)
         if not 0.0 <= self.counterfactual_fraction <= 1.0:
             raise ValueError(f"counterfactual_fraction must be in [0, 1], got {self.counterfactual_fraction}")
         if self.num_counterfactuals < 0:
@@ -178,7 +200,7 @@ class CounterfactualCollator:
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         k = self.num_counterfactuals if self._uses_counterfactuals else 0
         batch_size = len(records)
-        images: list[Image.Image] = []
+        images: list[Any] = []  # PIL images (exact path) or uint8 [3, H, W] tensors (fast path)
         texts = _Interner()
         text_index = torch.empty(batch_size, dtype=torch.long)
         cf_text_index = torch.full((batch_size, k), -1, dtype=torch.long)
@@ -190,7 +212,7 @@ class CounterfactualCollator:
                 validate_record(record, row=b, min_counterfactuals=k)
             except InvalidRecordError as err:
                 raise InvalidRecordError(f"{where}: {err}") from None
-            images.append(load_image(record["image"], f"{where}, field 'image'"))
+            images.append(self._load_image(record["image"], f"{where}, field 'image'"))
             text_index[b] = texts.add(normalize_caption(record["caption"]), record["caption"].strip())
 
         paraphrase_index = torch.full((batch_size,), -1, dtype=torch.long)
@@ -216,7 +238,7 @@ class CounterfactualCollator:
                     if self.use_counterfactual_images and cf.get("image") is not None:
                         where = f"batch item {b} (caption {record['caption']!r}), field 'counterfactuals[{c}].image'"
                         cf_image_index[b, j] = len(images)
-                        images.append(load_image(cf["image"], where))
+                        images.append(self._load_image(cf["image"], where))
 
         encoded = self._tokenize(texts.items)
         # Keys of the token ids a text encoder reads (padding left out, whichever side it is on).
@@ -225,7 +247,10 @@ class CounterfactualCollator:
         text_index, cf_text_index = new_text_row[text_index], _remap(cf_text_index, new_text_row)
         paraphrase_index = _remap(paraphrase_index, new_text_row)
         _reject_counterfactuals_read_as_their_caption(records, text_index, cf_text_index)
-        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        if self.image_transform is not None:
+            pixel_values = torch.stack(images)  # uint8: content keys of 1 byte a value (equal content, equal key)
+        else:
+            pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         # An identical image (the same photo in two records) is encoded once.
         image_rows, new_image_row, image_key = _merge_equal_rows([content_key(pixels) for pixels in pixel_values])
         text_inputs = {"input_ids": encoded["input_ids"][text_rows]}
@@ -234,7 +259,7 @@ class CounterfactualCollator:
         reconstruction = {"reconstruction_labels": self._reconstruction_labels(records)} if self.reconstruction_tokenizer is not None else {}
         return {
             **text_inputs,
-            "pixel_values": pixel_values[image_rows],
+            "pixel_values": pixel_values[image_rows] if self.defer_normalization else self.normalize_pixel_values(pixel_values[image_rows]),
             "image_index": new_image_row[:batch_size],
             "text_index": text_index,
             "cf_text_index": cf_text_index,
@@ -245,6 +270,28 @@ class CounterfactualCollator:
             **({"paraphrase_index": paraphrase_index} if self.use_paraphrases else {}),
             **reconstruction,
         }
+
+    def _load_image(self, value: Any, where: str):
+        """One image as the image path needs it: an RGB PIL image (exact) or ``uint8`` ``[3, H, W]`` (fast)."""
+        if self.image_transform is None:
+            return load_image(value, where)
+        if not isinstance(value, Image.Image) and not (
+            isinstance(value, Mapping) and (value.get("bytes") is not None or value.get("path") is not None)
+        ):
+            raise InvalidRecordError(f"{where}: expected an image, got {type(value).__name__}")
+        try:
+            return self.image_transform.load(value)
+        except Exception as err:  # PIL raises several unrelated types for corrupt files
+            path = value.get("path") if isinstance(value, Mapping) else None
+            named = f" {path!r}" if path else ""
+            raise InvalidRecordError(f"{where}: unreadable image{named} ({type(err).__name__}: {err})") from err
+
+    def normalize_pixel_values(self, pixel_values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The model's input from this collator's ``pixel_values``: ``uint8`` ones normalised (on their
+        device) as the processor would; float ones unchanged."""
+        if pixel_values.dtype != torch.uint8:
+            return pixel_values
+        return self.image_transform.normalize(pixel_values, dtype)
 
     def _reconstruction_labels(self, records: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         targets = []

@@ -12,6 +12,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .collator import CounterfactualCollator
+from .image_processing import fast_image_transform
 from .model_card import build_model_card
 from .reconstruction import ReconstructionWrapper
 from .scoring import DualEncoderScores, has_logit_bias, text_padding
@@ -80,6 +81,8 @@ class CounterfactualTrainer(Trainer):
                 truncation=args.truncate_texts,
                 padding=text_padding(model),
                 reconstruction_tokenizer=reconstruction_tokenizer,
+                image_path=args.image_path,
+                defer_normalization=True,  # uint8 to the device, normalised in compute_loss
             )
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs)
         # compute_loss returns a per-batch mean: Trainer must divide by the accumulation steps itself.
@@ -87,8 +90,26 @@ class CounterfactualTrainer(Trainer):
         # The loss needs no labels: let evaluation call compute_loss.
         self.can_return_loss = True
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # uint8 pixel values (the fast image path) are normalised on the device, in compute_loss.
+        self._image_transform = getattr(data_collator, "image_transform", None)
+        if self._image_transform is None and processing_class is not None and hasattr(processing_class, "image_processor"):
+            self._image_transform = fast_image_transform(processing_class.image_processor, log=False)
+
+    def _normalized_inputs(self, inputs):
+        """``inputs`` with ``uint8`` ``pixel_values`` (the fast image path) rescaled and normalised on
+        their device as the processor would (float32, as the processor gives them)."""
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is None or pixel_values.dtype != torch.uint8:
+            return inputs
+        if self._image_transform is None:
+            raise ValueError(
+                "the batch's pixel_values are uint8 but the trainer knows no normalisation for them: pass the processor "
+                "as processing_class, or a collator with an image_transform"
+            )
+        return {**inputs, "pixel_values": self._image_transform.normalize(pixel_values)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = self._normalized_inputs(inputs)
         if self.generative:
             from .vlm_scoring import VLMScorer, VLMScores
 
