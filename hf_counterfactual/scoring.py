@@ -9,12 +9,15 @@ scores of a dual encoder; :class:`DualEncoderScorer` scores images against texts
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+
+from .image_processing import resolve_image_transform
 
 
 def similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -114,30 +117,70 @@ class DualEncoderScorer:
 
         scorer = DualEncoderScorer(model, processor)
         scores = scorer.score(images, texts)   # [len(images), len(texts)]
+
+    Images are pre-processed in ``torch.utils.data.DataLoader`` workers, ``prefetch_factor`` batches
+    ahead of the forward, on the fast image path by default
+    (:class:`~hf_counterfactual.image_processing.FastImageTransform`: ``uint8`` to the device,
+    normalised there).
+
+    Args:
+        image_path: ``"fast"`` (default, where the processor allows it; else the processor with a
+            logged reason) or ``"exact"`` (the processor's own float tensors).
+        num_workers: image pre-processing workers; ``None``: sized from the cores
+            (:func:`~hf_counterfactual.training_args.default_num_workers`), never more than the
+            number of batches less one; 0: in this process. Workers are forked where the platform
+            can (the images' loader need not be picklable).
+        prefetch_factor: batches each worker prepares ahead.
     """
 
-    def __init__(self, model, processor, batch_size: int = 64, device: str | torch.device | None = None, show_progress: bool = True):
+    def __init__(
+        self, model, processor, batch_size: int = 64, device: str | torch.device | None = None, show_progress: bool = True,
+        image_path: str = "fast", num_workers: int | None = None, prefetch_factor: int = 2,
+    ):  # fmt: skip
         self.model = model.eval()
         self.processor = processor
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
         self.text_padding = text_padding(model)
+        self.image_transform = resolve_image_transform(processor.image_processor, image_path)
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
 
     def _batches(self, items: Sequence, desc: str):
         starts = range(0, len(items), self.batch_size)
         for start in tqdm(starts, desc=desc, disable=not self.show_progress or len(starts) < 2):
             yield items[start : start + self.batch_size]
 
+    def pixel_batches(self, images: Sequence) -> Iterator[torch.Tensor]:
+        """Pre-processed batches of ``images`` (``uint8`` on the fast path, the processor's float32
+        otherwise), from DataLoader workers when there is more than one batch."""
+        loader = image_loader(images, self.image_transform, self.processor.image_processor, self.batch_size,
+                              self._workers(len(images)), self.prefetch_factor, pin_memory=self.device.type == "cuda")  # fmt: skip
+        batches = -(-len(images) // self.batch_size)
+        yield from tqdm(loader, total=batches, desc="Encoding images", disable=not self.show_progress or batches < 2)
+
+    def _workers(self, num_images: int) -> int:
+        batches = -(-num_images // self.batch_size)
+        if self.num_workers is not None:
+            return min(self.num_workers, max(batches - 1, 0)) if self.num_workers else 0
+        from .training_args import default_num_workers
+
+        return min(default_num_workers(), max(batches - 1, 0))
+
+    def model_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """A pre-processed batch on the device, in the model's dtype (CLIP casts inside, not every vision
+        tower does); ``uint8`` ones normalised there."""
+        pixel_values = pixel_values.to(self.device, non_blocking=True)
+        if pixel_values.dtype == torch.uint8:
+            return self.image_transform.normalize(pixel_values, self.model.dtype)
+        return pixel_values.to(dtype=self.model.dtype)
+
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """L2-normalised image embeddings ``[len(images), D]``."""
         chunks = []
-        for chunk in self._batches(images, "Encoding images"):
-            pixel_values = self.processor.image_processor(list(chunk), return_tensors="pt")["pixel_values"]
-            # The model's dtype, not the processor's float32: CLIP casts inside, not every vision tower does.
-            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
-            features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+        for pixel_values in self.pixel_batches(images):
+            features = self.model.get_image_features(pixel_values=self.model_pixel_values(pixel_values)).pooler_output
             chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks)
 
@@ -167,3 +210,47 @@ class DualEncoderScorer:
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """Scores ``[len(images), len(texts)]`` of every image against every text."""
         return self.score_embeddings(self.encode_images(images), self.encode_texts(texts))
+
+
+class _ImageBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of ``images``, pre-processed: what a DataLoader worker computes."""
+
+    def __init__(self, images: Sequence, transform, image_processor, batch_size: int):
+        self.images, self.transform, self.image_processor, self.batch_size = images, transform, image_processor, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        start = index * self.batch_size
+        stop = min(start + self.batch_size, len(self.images))
+        if self.transform is None:
+            return self.image_processor(list(self.images[start:stop]), return_tensors="pt")["pixel_values"]
+        stored = getattr(self.images, "stored", None)  # LazyImages: the images as stored (undecoded JPEGs: a draft decode)
+        if stored is None:
+            return self.transform(list(self.images[start:stop]))
+        pixels = []
+        for i in range(start, stop):
+            try:
+                pixels.append(self.transform.load(stored(i)))
+            except Exception:  # the benchmark's own loader decodes it, or raises an error naming the image
+                pixels.append(self.transform.load(self.images[i]))
+        return torch.stack(pixels)
+
+
+def image_loader(
+    images: Sequence, transform, image_processor, batch_size: int, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A DataLoader of pre-processed batches of ``images`` (``transform``: a
+    :class:`~hf_counterfactual.image_processing.FastImageTransform`, giving ``uint8``; ``None``: the
+    image processor's float32), in order. Workers are forked where the platform can, so that the
+    images' loader (a closure over a dataset) need not be picklable."""
+    extra = {}
+    if num_workers > 0:
+        extra["prefetch_factor"] = prefetch_factor
+        if "fork" in multiprocessing.get_all_start_methods():
+            extra["multiprocessing_context"] = "fork"
+    return torch.utils.data.DataLoader(
+        _ImageBatches(images, transform, image_processor, batch_size), batch_size=None, shuffle=False,
+        num_workers=num_workers, pin_memory=pin_memory, **extra,
+    )  # fmt: skip

@@ -47,6 +47,9 @@ class MatchingBenchmark:
     examples: list[MatchingExample]
     load_image: Callable[[ImageRef], Image.Image]
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The image as stored (a PIL image, an undecoded ``{"bytes", "path"}`` dict or a path), for a fast
+    #: image path that decodes JPEGs at a reduced scale itself; ``None``: only ``load_image``.
+    load_stored: Callable[[ImageRef], Any] | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -61,8 +64,12 @@ class MatchingBenchmark:
 class LazyImages(Sequence):
     """Images loaded on access, so that a scorer's batching loads one batch at a time."""
 
-    def __init__(self, refs: Sequence[ImageRef], load_image: Callable[[ImageRef], Image.Image]):
-        self.refs, self.load_image = refs, load_image
+    def __init__(self, refs: Sequence[ImageRef], load_image: Callable[[ImageRef], Image.Image], load_stored: Callable[[ImageRef], Any] | None = None):
+        self.refs, self.load_image, self.load_stored = refs, load_image, load_stored
+
+    def stored(self, index: int) -> Any:
+        """Image ``index`` as stored (:attr:`MatchingBenchmark.load_stored`), or decoded when there is no such loader."""
+        return self.load_stored(self.refs[index]) if self.load_stored is not None else self[index]
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -116,7 +123,7 @@ def score_benchmark(scorer, benchmark: MatchingBenchmark) -> list[np.ndarray]:
     image_refs, texts = benchmark.distinct_images(), benchmark.distinct_texts()
     image_row = {ref: i for i, ref in enumerate(image_refs)}
     text_row = {text: i for i, text in enumerate(texts)}
-    image_embeds = scorer.encode_images(LazyImages(image_refs, benchmark.load_image))
+    image_embeds = scorer.encode_images(LazyImages(image_refs, benchmark.load_image, benchmark.load_stored))
     text_embeds = scorer.encode_texts(texts)
     grids: list[np.ndarray] = [None] * len(examples)  # type: ignore[list-item]
     for indices in _same_shape_groups(examples):
