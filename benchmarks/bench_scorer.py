@@ -6,7 +6,12 @@ Measures, in one run, on the held-out procedural scenes (each distinct image and
 - scorer: ``evaluate_benchmark`` end to end: image decoding, preprocessing, tokenisation, both
   encoders, the score grids and the metrics;
 - raw: ``get_image_features`` + ``get_text_features`` on the same distinct images and texts, already
-  preprocessed into batches of the same size (preprocessing timed separately, as ``prep``);
+  preprocessed into batches of the same size (preprocessing by the processor in this process, timed
+  separately, as ``prep``);
+
+the scorer pre-processes on its image path (``--image_path``, default fast: draft decode, one
+resize of the crop, uint8 normalised on the device) in DataLoader workers (``--num_workers``,
+default sized from the cores) overlapping the forward;
 
 interleaved, after warmup; reports medians, examples/s and images+texts encoded/s, and
 raw / scorer time (target >= 0.9)::
@@ -40,6 +45,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["tiny", "vit-b-32"], default="tiny", help="Randomly initialised; vit-b-32: ViT-B/32 shapes, 224 px.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--image_path", choices=["fast", "exact"], default="fast", help="The scorer's image path (DualEncoderScorer(image_path=)).")
+    parser.add_argument("--num_workers", type=int, default=None, help="The scorer's pre-processing workers (default: sized from the cores).")
     args = parser.parse_args()
 
     model, processor = build_tiny_clip(SCENE_VOCABULARY) if args.model == "tiny" else build_model(args.model, "sdpa")
@@ -47,7 +54,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         test = load_procedural_scenes(num_train=0, num_test=args.num_test_scenes, cache_dir=cache_dir)["test"]
         benchmark = counterfactual_records_benchmark(test, name="procedural")
-        scorer = DualEncoderScorer(model, processor, batch_size=args.batch_size, device=args.device, show_progress=False)
+        scorer = DualEncoderScorer(
+            model, processor, batch_size=args.batch_size, device=args.device, show_progress=False, image_path=args.image_path, num_workers=args.num_workers
+        )  # fmt: skip
         images, texts = benchmark.distinct_images(), benchmark.distinct_texts()
         b = args.batch_size
 
@@ -90,8 +99,13 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in times.items()}
     items = len(images) + len(texts)
+    import os
+
+    load = os.getloadavg()
     print(f"model={args.model} device={args.device} threads={torch.get_num_threads()} batch_size={b} examples={len(benchmark)} "
           f"distinct images={len(images)} texts={len(texts)} repeats={args.repeats} (medians)")  # fmt: skip
+    print(f"scorer: image_path={args.image_path} (in use: {'fast' if scorer.image_transform is not None else 'exact'}), "
+          f"image workers={scorer._workers(len(images))}; {os.cpu_count()} cores, load average {load[0]:.2f} (a shared machine)")  # fmt: skip
     print(f"{'':<34}{'seconds':>10}{'examples/s':>14}{'encoded/s':>14}")
     for name, label in (("scorer", "scorer (evaluate_benchmark)"), ("raw", "raw forward (preprocessed)"), ("prep", "prep (decode+preprocess+tokenise)")):
         print(f"{label:<34}{median[name]:>10.3f}{len(benchmark) / median[name]:>14.0f}{items / median[name]:>14.0f}")

@@ -119,6 +119,7 @@ class CounterfactualTrainer(Trainer):
             scorer = VLMScorer(
                 self.accelerator.unwrap_model(model), self.processing_class, score=self.args.vlm_score,
                 batch_size=None if several else self.args.vlm_batch_size, forward_model=model,
+                image_path="exact",  # unused: the collator has pre-processed the step's images
             )  # fmt: skip
             scores = VLMScores(scorer, inputs["pixel_values"], inputs["texts"])
             if several:

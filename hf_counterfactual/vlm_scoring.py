@@ -26,6 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .image_processing import resolve_image_transform
+
 __all__ = ["PAIR_SCORES", "SCORES", "VLMScorer", "VLMScores"]
 
 SCORES = ("vqascore", "yes_logprob", "loglik", "loglik_mean", "choice")
@@ -51,11 +53,17 @@ class VLMScorer:
         score: one of :data:`SCORES`.
         batch_size: sequences per language-model forward (``None``: all of a call in one forward).
         forward_model: what runs the language-model forward (a DDP-wrapped ``model`` in training).
+        image_path: ``"fast"`` (default): :class:`~hf_counterfactual.image_processing.FastImageTransform`
+            where the image processor allows it (LLaVA-1.5's ``CLIPImageProcessor`` does; processors
+            with their own pipeline, such as LLaVA-NeXT's any-resolution tiling or a pad-to-square
+            ``LlavaImageProcessor``, fall back to the processor with a logged reason); ``"exact"``:
+            the processor. In training the trainer's collator has already pre-processed the images.
     """
 
     def __init__(
-        self, model, processor, score: str = "vqascore", batch_size: int | None = 16, device=None, show_progress: bool = False, forward_model=None
-    ):
+        self, model, processor, score: str = "vqascore", batch_size: int | None = 16, device=None, show_progress: bool = False, forward_model=None,
+        image_path: str = "fast",
+    ):  # fmt: skip
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         self.model, self.processor, self.method, self.batch_size = model, processor, score, batch_size
@@ -64,6 +72,7 @@ class VLMScorer:
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.show_progress = show_progress
+        self.image_transform = resolve_image_transform(processor.image_processor, image_path)
         self._prompts: dict[str, list[int]] = {}
         self._answers: dict[str, list[int]] = {}
         self.image_token_id = model.config.image_token_index if hasattr(model.config, "image_token_index") else model.config.image_token_id
@@ -90,7 +99,10 @@ class VLMScorer:
 
     def image_features(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
         """The projected features of each image, ``[num_image_tokens, hidden]`` each (one vision pass)."""
-        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        if self.image_transform is not None:
+            pixel_values = self.image_transform.normalize(self.image_transform(list(images)).to(self.device))
+        else:
+            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
         return self.features_of(pixel_values)
 
     def features_of(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -249,3 +249,17 @@ def test_the_scorer_encodes_through_workers_and_the_fast_path():
     batches = list(exact.pixel_batches(images))
     assert [b.shape[0] for b in batches] == [4, 4, 2] and batches[0].dtype == torch.float32
     assert DualEncoderScorer(model, processor, batch_size=4, num_workers=8, show_progress=False)._workers(10) == 2
+
+
+def test_the_vlm_scorer_uses_the_fast_path_where_its_processor_allows():
+    from hf_counterfactual.scenes import SCENE_VOCABULARY
+    from hf_counterfactual.tiny_models import build_tiny_llava
+    from hf_counterfactual.vlm_scoring import VLMScorer
+
+    model, processor = build_tiny_llava(SCENE_VOCABULARY)
+    images = [photo_like(64, 48 + 8 * i, seed=i) for i in range(3)]
+    fast, exact = VLMScorer(model, processor), VLMScorer(model, processor, image_path="exact")
+    assert fast.image_transform is not None and exact.image_transform is None
+    with torch.no_grad():
+        for a, b in zip(fast.image_features(images), exact.image_features(images)):
+            torch.testing.assert_close(a, b, rtol=0, atol=5e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,16 +70,19 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
                 )
             )
 
+    # A benchmark's images are read in order (a record's image, then its edits): one read of a row serves them all.
+    read_row = functools.lru_cache(maxsize=64)(records.__getitem__)
+
     def load(ref) -> Any:
         row, j = ref
-        record = records[row]
+        record = read_row(row)
         if j is None:
             return load_image(record["image"], f"record {row}, field 'image'")
         return load_image(record["counterfactuals"][j]["image"], f"record {row}, field 'counterfactuals[{j}].image'")
 
     def stored(ref) -> Any:  # undecoded, for the fast image path's draft decode (load names a bad image)
         row, j = ref
-        record = records[row]
+        record = read_row(row)
         return record["image"] if j is None else record["counterfactuals"][j]["image"]
 
     return MatchingBenchmark(name=name, examples=examples, load_image=load, load_stored=stored)

@@ -72,6 +72,10 @@ EMBEDDED_DEFAULTS = dict(
     logging_steps=25,
     save_strategy="no",
     report_to="none",
+    # The tiny default job trains on the CPU, where the step itself uses the cores and 32-px procedural
+    # images cost ~0.1 ms each on the fast image path: workers would take turns with it (and re-fork
+    # each epoch). With --model_name_or_path, dataloader_num_workers defaults to the cores
+    # (CounterfactualTrainingArguments: default_num_workers).
     dataloader_num_workers=0,
 )
 
