@@ -134,7 +134,8 @@ def main() -> None:
     # of the cf-vlm batch, two of the clip batch); without them (read) the B factual pairs.
     with_images = bool((cf["cf_image_index"] >= 0).any())
     pair_images = torch.cat([cf["image_index"], cf["cf_image_index"].flatten()]) if with_images else cf["image_index"]
-    clip = clip_batch(records, processor, cf["pixel_values"][pair_images], padding, with_images)
+    # The trainer's collator hands uint8 over (normalised inside compute_loss): the plain step gets the model's input.
+    clip = clip_batch(records, processor, collator.normalize_pixel_values(cf["pixel_values"][pair_images]), padding, with_images)
     cf, clip = ({name: t.to(device) if torch.is_tensor(t) else t for name, t in batch.items()} for batch in (cf, clip))
     wrapped = trainer.model.to(device).train()  # the model, or READ's wrapper of it (decoder and projection)
     model = trainer.dual_encoder
