@@ -59,6 +59,13 @@ _PIL_FILTERS = {int(f) for f in (Image.Resampling.NEAREST, Image.Resampling.BILI
                                  Image.Resampling.LANCZOS, Image.Resampling.BOX, Image.Resampling.HAMMING)}  # fmt: skip
 
 
+def _is_pixel_crop(box: tuple[float, float, float, float], width: int, height: int) -> bool:
+    """Whether ``box`` is ``width`` x ``height`` whole pixels (no resampling needed)."""
+    left, top, right, bottom = box
+    whole = all(abs(coordinate - round(coordinate)) < 1e-6 for coordinate in box)
+    return whole and round(right - left) == width and round(bottom - top) == height
+
+
 def _as_dict(value) -> dict | None:
     if value is None:
         return None
@@ -202,7 +209,11 @@ class FastImageTransform:
         if scale != 1.0:
             box = tuple(coordinate * scale for coordinate in box)
         out_h, out_w = self.output_size()
-        resized = image.resize((out_w, out_h), resample=self.resample, box=box)
+        if _is_pixel_crop(box, out_w, out_h):
+            # Stored at the model's size already: a resample at scale 1 on whole pixels is the crop itself.
+            resized = image.crop(tuple(round(coordinate) for coordinate in box))
+        else:
+            resized = image.resize((out_w, out_h), resample=self.resample, box=box)
         return torch.from_numpy(np.array(resized)).permute(2, 0, 1)
 
     def load(self, value: Any) -> torch.Tensor:

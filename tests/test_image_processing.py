@@ -48,7 +48,7 @@ PROCESSORS = {
     "siglip-224": lambda: SiglipImageProcessorPil(),
     "siglip-wide": lambda: SiglipImageProcessorPil(size={"height": 48, "width": 80}),
 }
-SIZES = [(640, 480), (480, 640), (333, 250), (224, 224), (900, 300), (100, 150), (20, 31)]  # the last two need upscaling
+SIZES = [(640, 480), (480, 640), (333, 250), (224, 224), (298, 224), (900, 300), (100, 150), (20, 31)]  # the last two need upscaling; (298, 224) is stored at the model size (a crop)
 
 
 @pytest.mark.parametrize("name", list(PROCESSORS))
@@ -263,3 +263,18 @@ def test_the_vlm_scorer_uses_the_fast_path_where_its_processor_allows():
     with torch.no_grad():
         for a, b in zip(fast.image_features(images), exact.image_features(images)):
             torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
+
+
+def test_an_image_stored_at_the_models_size_is_cropped_not_resampled(monkeypatch):
+    """Short side already the processor's shortest_edge: the crop alone, equal to the processor's output."""
+    processor = CLIPImageProcessorPil()  # shortest_edge 224, crop 224
+    transform = fast_image_transform(processor)
+    image = photo_like(298, 224)
+    calls = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    fast = transform([encoded(image, "PNG")])
+    assert not calls
+    monkeypatch.undo()
+    expected = processor(image, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(transform.normalize(fast), expected, rtol=0, atol=1e-5)
