@@ -216,3 +216,15 @@ def test_read_on_the_tiny_default_pretrains_a_tiny_t5_once_and_saves_a_plain_cli
     assert (decoder / "model.safetensors").stat().st_mtime_ns == stamp
     loaded, info = CLIPModel.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()) and not (out / "reconstruction_head.safetensors").exists()
+
+
+def test_read_on_a_real_checkpoint_without_a_decoder_is_an_error_before_any_work(tmp_path):
+    from dummy_components import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "clip")
+    with pytest.raises(UsageError, match="pass --reconstruction_decoder"):
+        train.main(["--model_name_or_path", model_dir, "--objective", "read", "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(UsageError, match="--reconstruction_decoder"):
+        train.main(["--model_name_or_path", model_dir, "--objective", "read", "--reconstruction_decoder", str(tmp_path / "missing"),
+                    "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert not (tmp_path / "out").exists()

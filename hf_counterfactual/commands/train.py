@@ -351,6 +351,14 @@ def main(argv: list[str] | None = None) -> dict:
     check_pretrained(
         model_args.model_name_or_path, "--model_name_or_path", tiny=False, hint="offline, leave it out to train the tiny default model"
     )
+    check_pretrained(
+        training_args.reconstruction_decoder, "--reconstruction_decoder", tiny=False, hint="leave it out on the tiny default model (a tiny T5)"
+    )
+    if model_args.model_name_or_path is not None and training_args.reconstruction_decoder is None and training_args.build_objective().uses_reconstruction:
+        raise UsageError(
+            f"--objective {training_args.objective} reconstructs captions: pass --reconstruction_decoder (an AutoModelForSeq2SeqLM, "
+            "e.g. google/flan-t5-base)"
+        )
     resume = checkpoint_to_resume(training_args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
