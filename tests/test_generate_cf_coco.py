@@ -310,3 +310,31 @@ def test_dataset_name_reads_what_hf_cf_train_reads(tmp_path):
         assert len(items) == 2 and items[1].captions == ["a red box"] and str(tmp_path) not in described["source"]
     with pytest.raises(UsageError, match=r"--dataset_name .*'train': the dataset has no such split; its splits are \['test'\]"):
         generate.read_inputs(generate.GenerationArguments(dataset_name=str(tmp_path / "disk"), split="train", output_dir=str(tmp_path / "o")))
+
+
+def test_images_stored_pre_resized_for_the_fast_image_path(coco, tmp_path):
+    """--image_short_side: every stored image (factual, flipped, inpainted) is a JPEG with that short
+    side (never enlarged), the flip still mirrors its factual image, and the card says so."""
+    from datasets import load_dataset
+
+    out = tmp_path / "cf-coco"
+    generate.main(
+        ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
+         "--edits", "attribute,object,position,count", "--image_short_side", "48", *TINY_MODELS]
+    )  # fmt: skip
+    records = load_dataset(str(out))["val"]
+    sizes = set()
+    for record in records:
+        images = [record["image"], *(cf["image"] for cf in record["counterfactuals"] if cf["image"] is not None)]
+        assert all(image.format == "JPEG" and image.size == record["image"].size for image in images)
+        sizes.add(min(record["image"].size))
+        flip = next((cf for cf in record["counterfactuals"] if cf["source"] == "flip"), None)
+        if flip is not None:  # mirrored, up to JPEG rounding
+            difference = np.abs(np.asarray(flip["image"], dtype=float) - np.asarray(record["image"], dtype=float)[:, ::-1])
+            assert difference.mean() < 3
+    assert sizes == {48}
+    assert "images stored pre-resized: short side at most 48 px" in (out / "README.md").read_text()
+    # Another size into the same folder is other settings: refused, naming the field.
+    with pytest.raises(Exception, match="image_short_side"):
+        generate.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
+                       "--edits", "attribute,object,position,count", "--image_short_side", "32", *TINY_MODELS])  # fmt: skip

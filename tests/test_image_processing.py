@@ -278,3 +278,13 @@ def test_an_image_stored_at_the_models_size_is_cropped_not_resampled(monkeypatch
     monkeypatch.undo()
     expected = processor(image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(transform.normalize(fast), expected, rtol=0, atol=1e-5)
+
+
+def test_resize_for_storage_scales_the_short_side_down_never_up():
+    from hf_counterfactual.image_processing import resize_for_storage
+
+    stored = load_image(resize_for_storage(photo_like(300, 200), 48), "test")
+    assert stored.size == (72, 48) and Image.open(io.BytesIO(resize_for_storage(photo_like(300, 200), 48)["bytes"])).format == "JPEG"
+    assert load_image(resize_for_storage(photo_like(20, 31), 48), "test").size == (20, 31)
+    with pytest.raises(ValueError, match="short_side"):
+        resize_for_storage(photo_like(20, 31), 0)

@@ -104,6 +104,14 @@ class GenerationArguments:
     inpainting_model: str | None = field(default=None, metadata={"help": "A diffusers inpainting checkpoint (or 'tiny'); None: no inpainting."})
     image_edits: str = field(default="object,attribute,count", metadata={"help": f"Text edit kinds realised as images, from {IMAGE_EDITS}."})
     max_image_edits: int = field(default=2, metadata={"help": "Inpainted counterfactuals per image at most."})
+    image_short_side: int | None = field(
+        default=None,
+        metadata={
+            "help": "Store every image (factual and edited) with its short side scaled down to this many pixels, as JPEG "
+            "(quality 95), after the filters: at the target model's own short side (224 for CLIP ViT-B/32, 336 for "
+            "LLaVA-1.5) training crops without resampling (about 3x the pre-processing speed). Default: as generated."
+        },
+    )
     num_inference_steps: int = field(default=30, metadata={"help": "Diffusion steps per inpainting."})
     guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
     inpainting_batch_size: int = field(default=8, metadata={"help": "Images per inpainting pipeline call."})
@@ -271,6 +279,7 @@ def build_generator(args: GenerationArguments, device, items=None) -> Counterfac
         match_filter=match_filter,
         min_counterfactuals=args.min_counterfactuals,
         max_counterfactuals=args.max_counterfactuals,
+        image_short_side=args.image_short_side,
         seed=args.seed,
         plausibility=build_plausibility(args, device, items, cache_dir) if plausibility_on(args) else None,
     )
@@ -321,6 +330,8 @@ def check_arguments(args: GenerationArguments) -> GenerationArguments:
         raise UsageError("--push_to_hub needs --hub_model_id, the dataset repo (e.g. org/cf-coco)")
     if args.preview < 0:
         raise UsageError(f"--preview {args.preview}: give a number of records >= 0")
+    if args.image_short_side is not None and args.image_short_side < 1:
+        raise UsageError(f"--image_short_side {args.image_short_side}: give a size in pixels >= 1")
     if plausibility_on(args):
         if not (args.plausibility_ngram or args.plausibility_causal_lm or args.plausibility_classifier):
             raise UsageError("--no_plausibility_ngram leaves no blind scorer: add --plausibility_causal_lm or --plausibility_classifier")
