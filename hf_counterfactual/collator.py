@@ -7,7 +7,7 @@ so each distinct image and text is encoded exactly once per step whatever the nu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,18 +31,26 @@ def load_image(value: Any, where: str) -> Image.Image:
     as indexing the decoding dataset would have (EXIF orientation applied, a Hub path read), so both
     give the same pixels; a file it cannot read is an :class:`InvalidRecordError` naming ``where``.
     """
+    return to_rgb(_read_image(value, where, _decode))
+
+
+def _decode(value: Any) -> Image.Image:
     if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, Mapping) and (value.get("bytes") is not None or value.get("path") is not None):
-        path = value.get("path")
-        try:
-            image = _DATASETS_IMAGE.decode_example({"bytes": value.get("bytes"), "path": path})
-        except Exception as err:  # PIL raises several unrelated types for corrupt files
-            named = f" {path!r}" if path else ""
-            raise InvalidRecordError(f"{where}: unreadable image{named} ({type(err).__name__}: {err})") from err
-    else:
+        return value
+    return _DATASETS_IMAGE.decode_example({"bytes": value.get("bytes"), "path": value.get("path")})
+
+
+def _read_image(value: Any, where: str, decode: Callable[[Any], Any]):
+    """``decode(value)`` of a PIL image or an undecoded ``{"bytes", "path"}`` dict; anything else, or
+    a file ``decode`` cannot read, is an :class:`InvalidRecordError` naming ``where``."""
+    if not isinstance(value, Image.Image) and not (isinstance(value, Mapping) and (value.get("bytes") is not None or value.get("path") is not None)):
         raise InvalidRecordError(f"{where}: expected an image, got {type(value).__name__}")
-    return to_rgb(image)
+    try:
+        return decode(value)
+    except Exception as err:  # PIL raises several unrelated types for corrupt files
+        path = value.get("path") if isinstance(value, Mapping) else None
+        named = f" {path!r}" if path else ""
+        raise InvalidRecordError(f"{where}: unreadable image{named} ({type(err).__name__}: {err})") from err
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -275,16 +283,7 @@ class CounterfactualCollator:
         """One image as the image path needs it: an RGB PIL image (exact) or ``uint8`` ``[3, H, W]`` (fast)."""
         if self.image_transform is None:
             return load_image(value, where)
-        if not isinstance(value, Image.Image) and not (
-            isinstance(value, Mapping) and (value.get("bytes") is not None or value.get("path") is not None)
-        ):
-            raise InvalidRecordError(f"{where}: expected an image, got {type(value).__name__}")
-        try:
-            return self.image_transform.load(value)
-        except Exception as err:  # PIL raises several unrelated types for corrupt files
-            path = value.get("path") if isinstance(value, Mapping) else None
-            named = f" {path!r}" if path else ""
-            raise InvalidRecordError(f"{where}: unreadable image{named} ({type(err).__name__}: {err})") from err
+        return _read_image(value, where, self.image_transform.load)
 
     def normalize_pixel_values(self, pixel_values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The model's input from this collator's ``pixel_values``: ``uint8`` ones normalised (on their

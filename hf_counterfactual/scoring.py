@@ -160,12 +160,10 @@ class DualEncoderScorer:
         yield from tqdm(loader, total=batches, desc="Encoding images", disable=not self.show_progress or batches < 2)
 
     def _workers(self, num_images: int) -> int:
-        batches = -(-num_images // self.batch_size)
-        if self.num_workers is not None:
-            return min(self.num_workers, max(batches - 1, 0)) if self.num_workers else 0
         from .training_args import default_num_workers
 
-        return min(default_num_workers(), max(batches - 1, 0))
+        wanted = default_num_workers() if self.num_workers is None else self.num_workers
+        return min(wanted, max(-(-num_images // self.batch_size) - 1, 0))  # never more than the batches less one
 
     def model_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """A pre-processed batch on the device, in the model's dtype (CLIP casts inside, not every vision

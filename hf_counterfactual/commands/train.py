@@ -182,14 +182,11 @@ def tiny_reconstruction_decoder(model_args: ModelArguments, training_args, train
     from ..scenes import SCENE_VOCABULARY
     from ..tiny_models import build_tiny_t5
 
-    start = model_args.pretrained_start_dir or os.path.join(training_args.output_dir, "pretrained-start")
-    cache = os.path.join(start, "reconstruction-decoder")
+    cache = os.path.join(pretrained_start_dir(model_args, training_args), "reconstruction-decoder")
     settings = {"seed": training_args.seed, "train_fingerprint": train._fingerprint, **DECODER_PRETRAINING}
     settings_file = os.path.join(cache, "pretraining.json")
-    if os.path.exists(settings_file):
-        with open(settings_file) as f:
-            if json.load(f) == settings:
-                return cache
+    if _cache_made_with(settings_file, settings):
+        return cache
     decoder, tokenizer = build_tiny_t5(SCENE_VOCABULARY, seed=training_args.seed)
     captions = train.select_columns(["caption", "paraphrases"])
     pairs = [(a, b) for row in captions for a in [row["caption"], *row["paraphrases"]] for b in [row["caption"], *row["paraphrases"]]]
@@ -207,15 +204,35 @@ def tiny_reconstruction_decoder(model_args: ModelArguments, training_args, train
     trainer.save_state()  # its losses, for audit
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(cache)
+    _record_settings(trainer, settings_file, settings)
+    return cache
+
+
+def pretrained_start_dir(model_args: ModelArguments, training_args) -> str:
+    """Where the tiny model's pretrained start (and its reconstruction decoder) is cached."""
+    return model_args.pretrained_start_dir or os.path.join(training_args.output_dir, "pretrained-start")
+
+
+def _cache_made_with(settings_file: str, settings: dict) -> bool | None:
+    """Whether the cache whose ``settings_file`` :func:`_record_settings` wrote was made with ``settings``
+    (``None``: no cache there)."""
+    if not os.path.exists(settings_file):
+        return None
+    with open(settings_file) as f:
+        return json.load(f) == json.loads(json.dumps(settings))
+
+
+def _record_settings(trainer, settings_file: str, settings: dict) -> None:
+    """Marks a cache complete (its settings are written last, on the main process)."""
+    if trainer.is_world_process_zero():
         with open(settings_file, "w") as f:
             json.dump(settings, f, indent=2)
-    return cache
 
 
 def pretrained_start(model, processor, model_args: ModelArguments, training_args, train: datasets.Dataset):
     """``model`` after pre-training on the factual pairs of ``train`` (:data:`PRETRAINING_OBJECTIVE`), from the cache when
     one was made with the same settings (a cache made otherwise is retrained, never reused)."""
-    cache = model_args.pretrained_start_dir or os.path.join(training_args.output_dir, "pretrained-start")
+    cache = pretrained_start_dir(model_args, training_args)
     settings = {
         "epochs": model_args.pretrain_epochs,
         "learning_rate": model_args.pretrain_learning_rate,
@@ -228,11 +245,11 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
         "initial_weights": weights_digest(model),
     }
     settings_file = os.path.join(cache, "pretraining.json")
-    if os.path.exists(settings_file):
-        with open(settings_file) as f:
-            if json.load(f) == json.loads(json.dumps(settings)):
-                logger.info("Pretrained start read from %s", cache)
-                return type(model).from_pretrained(cache)
+    cached = _cache_made_with(settings_file, settings)
+    if cached:
+        logger.info("Pretrained start read from %s", cache)
+        return type(model).from_pretrained(cache)
+    if cached is False:
         logger.warning("The pretrained start in %s was made with other settings: pre-training again", cache)
     args = dataclasses.replace(
         training_args,
@@ -250,9 +267,7 @@ def pretrained_start(model, processor, model_args: ModelArguments, training_args
     trainer = CounterfactualTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     trainer.train()
     trainer.save_model()
-    if trainer.is_world_process_zero():
-        with open(settings_file, "w") as f:
-            json.dump(settings, f, indent=2)
+    _record_settings(trainer, settings_file, settings)
     return trainer.model
 
 
