@@ -14,6 +14,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["CachedGenerator", "LLMStage", "model_name_of", "prompt_hash"]
 
@@ -35,6 +36,70 @@ def model_name_of(model) -> str:
     config = getattr(model, "config", None)
     digest = hashlib.sha256(config.to_json_string().encode()).hexdigest()[:16] if config is not None else "unknown"
     return f"{type(model).__name__}:{digest}"
+
+
+def load_json_lines(path: str, parse: Callable[[str], tuple[Any, Any] | None], what: str) -> dict:
+    """``{key: value}`` of the JSON-lines cache at ``path`` (``parse``: a line -> ``(key, value)``, or
+    ``None`` when it is not a whole entry). A torn line (a run killed while writing) is skipped,
+    with a warning counting the lines dropped."""
+    entries, dropped = {}, 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            parsed = parse(line)
+            if parsed is None:
+                dropped += 1  # a torn line from an interrupted run
+                continue
+            entries[parsed[0]] = parsed[1]
+    if dropped:
+        logger.warning("%s %s: dropped %d torn line(s) that are not whole entries", what, path, dropped)
+    return entries
+
+
+def append_json_lines(path: str, entries: Sequence[dict], parse: Callable[[str], tuple[Any, Any] | None], what: str) -> None:
+    """Appends ``entries`` to the JSON-lines cache at ``path`` (created with its folder), each on a
+    line of its own: a torn tail is repaired first (:func:`_repair_tail`), so that new entries are
+    never glued to a torn line and lost on the next load."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        _repair_tail(path, parse, what)
+    with open(path, "a", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def _repair_tail(path: str, parse: Callable[[str], tuple[Any, Any] | None], what: str) -> None:
+    """Make ``path`` end with a newline before an append: an unterminated last line (a write cut
+    short) is cut off, or, when it is a whole entry, given its newline. Reads only the tail (back to
+    the last newline)."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        # Find the last newline, reading backwards in blocks.
+        pos, block, cut = end, 1 << 16, 0
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            pos = start
+        f.seek(cut)
+        tail = f.read(end - cut)
+        if parse(tail.decode("utf-8", errors="replace").strip()) is not None:
+            f.seek(end)
+            f.write(b"\n")  # a whole entry that only lacks its newline: keep it
+        else:
+            f.truncate(cut)
+            logger.warning("%s %s: cut off a torn last line (%d bytes) before appending", what, path, end - cut)
 
 
 class CachedGenerator:
@@ -103,51 +168,7 @@ class CachedGenerator:
             return None
 
     def _load(self, path: str) -> None:
-        dropped = 0
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                parsed = self._parse(line)
-                if parsed is None:
-                    dropped += 1  # a torn line from an interrupted run
-                    continue
-                self._cache[parsed[0]] = parsed[1]
-        if dropped:
-            logger.warning("LLM cache %s: dropped %d torn line(s) that are not whole entries", path, dropped)
-
-    @staticmethod
-    def _repair_tail(path: str) -> None:
-        """Make ``path`` end with a newline before an append: an unterminated last line (a write
-        cut short) is cut off, or, when it is a whole entry, given its newline. Reads only the
-        tail (back to the last newline)."""
-        with open(path, "rb+") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end == 0:
-                return
-            f.seek(end - 1)
-            if f.read(1) == b"\n":
-                return
-            # Find the last newline, reading backwards in blocks.
-            pos, block, cut = end, 1 << 16, 0
-            while pos > 0:
-                start = max(0, pos - block)
-                f.seek(start)
-                chunk = f.read(pos - start)
-                i = chunk.rfind(b"\n")
-                if i >= 0:
-                    cut = start + i + 1
-                    break
-                pos = start
-            f.seek(cut)
-            tail = f.read(end - cut)
-            if CachedGenerator._parse(tail.decode("utf-8", errors="replace").strip()) is not None:
-                f.seek(end)
-                f.write(b"\n")  # a whole entry that only lacks its newline: keep it
-            else:
-                f.truncate(cut)
-                logger.warning("LLM cache %s: cut off a torn last line (%d bytes) before appending", path, end - cut)
+        self._cache.update(load_json_lines(path, self._parse, "LLM cache"))
 
     def key(self, prompt: str) -> tuple[str, str]:
         """The cache key of ``prompt`` under the current :attr:`model_name`."""
@@ -181,12 +202,7 @@ class CachedGenerator:
                 self._cache[keys[i]] = generation
                 new_entries.append({"model": keys[i][0], "prompt_hash": keys[i][1], "generation": generation})
             if self.cache_path:
-                os.makedirs(os.path.dirname(self.cache_path) or ".", exist_ok=True)
-                if os.path.exists(self.cache_path):
-                    self._repair_tail(self.cache_path)
-                with open(self.cache_path, "a", encoding="utf-8") as f:
-                    for entry in new_entries:
-                        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                append_json_lines(self.cache_path, new_entries, self._parse, "LLM cache")
         return [self._cache[k] for k in keys]
 
     def run(self, prompts: list[str]) -> list[str]:

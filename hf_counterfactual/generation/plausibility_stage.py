@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from .llm import model_name_of, prompt_hash
+from .llm import append_json_lines, load_json_lines, model_name_of, prompt_hash
 from .plausibility import KneserNeyLM, adversarial_refine
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,9 @@ class CrossFitNgram:
 class CachedScores:
     """A ``transformers`` blind scorer (``score(captions) -> array``) with its scores cached on disk:
     ``cache_dir/plausibility_scores.jsonl``, one JSON line ``{"model", "caption_hash", "score"}``
-    per caption scored, appended batch by batch, so a rerun scores only captions it never saw. A
-    torn last line (a kill while writing) is skipped on load. ``cache_dir=None``: memory only."""
+    per caption scored, appended batch by batch, so a rerun scores only captions it never saw. Torn lines (a kill while
+    writing) are handled as the LLM stages' caches handle them (:func:`~.llm.load_json_lines`,
+    :func:`~.llm.append_json_lines`). ``cache_dir=None``: memory only."""
 
     CACHE_FILE = "plausibility_scores.jsonl"
 
@@ -138,13 +139,16 @@ class CachedScores:
         self._cache: dict[tuple[str, str], float] = {}
         self.stats: Counter = Counter()
         if self.cache_path and os.path.exists(self.cache_path):
-            with open(self.cache_path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                        self._cache[(entry["model"], entry["caption_hash"])] = float(entry["score"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
+            self._cache.update(load_json_lines(self.cache_path, self._parse, "plausibility score cache"))
+
+    @staticmethod
+    def _parse(line: str) -> tuple[tuple[str, str], float] | None:
+        """The (key, score) of one cache line, or ``None`` when it is not a whole entry."""
+        try:
+            entry = json.loads(line)
+            return (entry["model"], entry["caption_hash"]), float(entry["score"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def score(self, captions: Sequence[str]) -> np.ndarray:
         keys = [(self.model_name, prompt_hash(c)) for c in captions]
@@ -153,20 +157,13 @@ class CachedScores:
         if missing:
             scores = np.asarray(self.scorer.score(missing), dtype=np.float64)
             self.stats["scored"] += len(missing)
-            lines = []
+            entries = []
             for caption, value in zip(missing, scores.tolist()):
                 key = (self.model_name, prompt_hash(caption))
                 self._cache[key] = value
-                lines.append(json.dumps({"model": key[0], "caption_hash": key[1], "score": value}) + "\n")
+                entries.append({"model": key[0], "caption_hash": key[1], "score": value})
             if self.cache_path:
-                os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-                if os.path.exists(self.cache_path) and os.path.getsize(self.cache_path):
-                    with open(self.cache_path, "rb") as f:  # a torn tail: start on a line of our own
-                        f.seek(-1, os.SEEK_END)
-                        if f.read(1) != b"\n":
-                            lines.insert(0, "\n")
-                with open(self.cache_path, "a", encoding="utf-8") as f:
-                    f.writelines(lines)
+                append_json_lines(self.cache_path, entries, self._parse, "plausibility score cache")
         return np.asarray([self._cache[k] for k in keys], dtype=np.float64)
 
 
