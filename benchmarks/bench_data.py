@@ -14,7 +14,9 @@ CLIP's processor, shortest edge 224, centre crop 224):
 - ``fast, float``: :class:`~hf_counterfactual.image_processing.FastImageTransform` (draft decode,
   one resize of the crop) normalised on the CPU, what ``CounterfactualCollator`` returns by default;
 - ``fast, uint8``: the same handing ``uint8`` over (normalised on the device): the trainer's collator
-  (``defer_normalization=True``) and the scorer.
+  (``defer_normalization=True``) and the scorer;
+- ``fast, uint8, PIL``: the same with Pillow's resample of the crop region (``torch_resize=False``)
+  instead of torch's ``uint8`` interpolation: what the default path did before, for the comparison.
 
 Single-threaded (``torch.set_num_threads(1)``), each path timed ``--repeats`` times interleaved (the
 order reversed every other round), medians of thread CPU time (images/s per core) and of wall time;
@@ -31,6 +33,7 @@ import io
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -134,7 +137,14 @@ def main() -> None:
         for chunk in batches(images):
             transform(chunk)
 
-    paths = {"hf processor": hf, **({"open_clip-style": open_clip} if clip_style else {}), "fast, float": fast_float, "fast, uint8": fast_uint8}
+    pil_transform = replace(transform, torch_resize=False)
+
+    def fast_uint8_pil(images):
+        for chunk in batches(images):
+            pil_transform(chunk)
+
+    paths = {"hf processor": hf, **({"open_clip-style": open_clip} if clip_style else {}), "fast, float": fast_float, "fast, uint8": fast_uint8,
+             "fast, uint8, PIL": fast_uint8_pil}  # fmt: skip
     cases = [(path, store) for store in storage for path in paths]
     cpu = {case: [] for case in cases}
     wall = {case: [] for case in cases}
@@ -156,11 +166,11 @@ def main() -> None:
           "per-core figures are thread CPU time, wall time beside them)")  # fmt: skip
     if why_not:
         print(f"open_clip-style transform: not measured, torchvision does not import ({why_not})")
-    print(f"{'storage':<13}{'path':<18}{'images/s/core':>15}{'(wall)':>10}{'ms/image':>10}{'x hf':>7}{'cores for 7k/s':>16}")
+    print(f"{'storage':<13}{'path':<20}{'images/s/core':>15}{'(wall)':>10}{'ms/image':>10}{'x hf':>7}{'cores for 7k/s':>16}")
     rate = {case: args.num_images / statistics.median(cpu[case]) for case in cases}
     for path, store in cases:
         per_core = rate[(path, store)]
-        print(f"{store:<13}{path:<18}{per_core:>15.0f}{args.num_images / statistics.median(wall[(path, store)]):>10.0f}"
+        print(f"{store:<13}{path:<20}{per_core:>15.0f}{args.num_images / statistics.median(wall[(path, store)]):>10.0f}"
               f"{1000 / per_core:>10.2f}{per_core / rate[('hf processor', store)]:>7.2f}{TARGET_IMAGES_PER_SECOND / per_core:>16.1f}")  # fmt: skip
     for store, target in TARGETS.items():
         got = rate[("fast, uint8", store)]

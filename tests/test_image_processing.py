@@ -47,6 +47,8 @@ PROCESSORS = {
     "clip-crop-wide": lambda: CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 48, "width": 64}),
     "siglip-224": lambda: SiglipImageProcessorPil(),
     "siglip-wide": lambda: SiglipImageProcessorPil(size={"height": 48, "width": 80}),
+    # A filter torch's interpolation does not compute: Pillow's resize of the crop region (box=).
+    "clip-lanczos": lambda: CLIPImageProcessorPil(resample=Image.Resampling.LANCZOS),
 }
 SIZES = [(640, 480), (480, 640), (333, 250), (224, 224), (298, 224), (900, 300), (100, 150), (20, 31)]  # the last two need upscaling; (298, 224) is stored at the model size (a crop)
 
@@ -271,8 +273,9 @@ def test_an_image_stored_at_the_models_size_is_cropped_not_resampled(monkeypatch
     transform = fast_image_transform(processor)
     image = photo_like(298, 224)
     calls = []
-    original = Image.Image.resize
+    original, interpolate = Image.Image.resize, torch.nn.functional.interpolate
     monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda *a, **k: calls.append(a) or interpolate(*a, **k))
     fast = transform([encoded(image, "PNG")])
     assert not calls
     monkeypatch.undo()
@@ -288,3 +291,21 @@ def test_resize_for_storage_scales_the_short_side_down_never_up():
     assert load_image(resize_for_storage(photo_like(20, 31), 48), "test").size == (20, 31)
     with pytest.raises(ValueError, match="short_side"):
         resize_for_storage(photo_like(20, 31), 0)
+
+
+@pytest.mark.parametrize("resample, torch_mode", [(Image.Resampling.BICUBIC, "bicubic"), (Image.Resampling.BILINEAR, "bilinear"),
+                                                  (Image.Resampling.LANCZOS, None)])  # fmt: skip
+def test_bicubic_and_bilinear_resample_with_torch_other_filters_with_pillow(monkeypatch, resample, torch_mode):
+    """The agreement test above covers both resamplers only if each filter takes the one named here."""
+    transform = fast_image_transform(CLIPImageProcessorPil(resample=resample))
+    stored = [encoded(photo_like(333, 250), "PNG"), encoded(photo_like(640, 427), "JPEG")]  # 427: a partial draft block
+    modes, boxes = [], []
+    original, interpolate = Image.Image.resize, torch.nn.functional.interpolate
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: boxes.append(k.get("box")) or original(self, *a, **k))
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda *a, **k: modes.append(k["mode"]) or interpolate(*a, **k))
+    pixels = transform(stored)
+    assert pixels.shape == (2, 3, 224, 224)
+    if torch_mode is None:
+        assert not modes and len(boxes) == 2 and all(box is not None for box in boxes)
+    else:
+        assert modes == [torch_mode, torch_mode] and not boxes
