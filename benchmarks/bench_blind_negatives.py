@@ -4,15 +4,19 @@ SugarCrepe (Hsieh et al. 2023) found that ARO/CREPE negatives can be told from t
 without the image. This measures that on real COCO captions, with the half of SugarCrepe's
 annotations in ``--data`` (no images needed):
 
-1. the images are split into halves A and B by ``--seed``;
+1. the images are split into halves A and B by a seed (``--seeds``: one split per seed, cells are
+   mean ± sd over them: a kind has a few hundred pairs, so one split's share moves by 2-4 points);
 2. the **judge**, a Kneser-Ney n-gram LM (:class:`~hf_counterfactual.generation.plausibility.KneserNeyLM`,
-   ``--order``), is fitted on the true captions of half A only;
+   ``--order``, or ``--judge_order``), is fitted on the true captions of half A only;
 3. on half B, pairs (true caption, negative) come from (i) SugarCrepe's own human-verified
    negatives, per subset, and (ii) :class:`~hf_counterfactual.generation.text_edits.RuleBasedEditor`
    run on the same half-B true captions, per edit kind (every edit it returns is a pair);
 4. for each kind: the share of pairs where the judge prefers the true caption (higher mean
    log-probability per token; ties count one half; 50% = chance), before debiasing, after the gap
-   filter and after adversarial refinement, with the share of pairs kept.
+   filter and after adversarial refinement (SugarCrepe's, around 0, and the pipeline's default
+   around the reliability-corrected centre of
+   :func:`~hf_counterfactual.generation.plausibility.reliability_center`, estimated from the
+   pipeline LM's half-data LMs as ``refine_split`` does), with the share of pairs kept.
 
 The debiasing is what the generation pipeline would do: its blind scorer, the **pipeline LM**, is
 fitted on the factual captions of the dataset being generated (here half B's true captions), and
@@ -25,11 +29,11 @@ each half-B image's pairs are scored by an LM fitted on the other 4 folds of hal
 caption is scored by a model that saw it; ``--cross_fit 0`` fits it on all of half B, and then it
 prefers the true captions by memory.
 
-Run (about 12 s on one core; spaCy parses ~1,000 captions)::
+Run (about 35 s on one core for the five splits; spaCy parses ~1,000 captions per split)::
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bench_blind_negatives.py \
-        [--data /work/shared/data/sugarcrepe-half] [--seed 0] [--order 2] [--threshold 0.3] \
-        [--num_bins 10] [--cross_fit 5] [--refine_orders 1,2] [--json out.json]
+        [--data /work/shared/data/sugarcrepe-half] [--seeds 0,1,2,3,4] [--order 2] [--judge_order 3] \
+        [--threshold 0.3] [--num_bins 10] [--cross_fit 5] [--refine_orders 1,2] [--json out.json]
 
 Prints a Markdown table.
 """
@@ -53,6 +57,7 @@ from hf_counterfactual.generation.plausibility import (  # noqa: E402
     adversarial_refine,
     filter_by_gap,
     preference_rate,
+    reliability_center,
     score_gaps,
 )
 from hf_counterfactual.generation.plausibility_stage import CrossFitNgram  # noqa: E402
@@ -85,30 +90,41 @@ def split_images(subsets, seed: int) -> set[str]:
     return {files[i] for i in order[: len(files) // 2]}
 
 
-def pipeline_gaps(true, negative, image, captions_by_image, order, cross_fit, seed):
+def pipeline_gaps(true, negative, image, captions_by_image, order, cross_fit, seed, halves=False):
     """Gaps of the pipeline LM: fitted on all of ``captions_by_image`` (the dataset's own true
     captions; ``cross_fit`` 0 or 1), or cross-fitted over ``cross_fit`` folds of its images with
-    the generation stage's own :class:`CrossFitNgram` (an image is one input item)."""
+    the generation stage's own :class:`CrossFitNgram` (an image is one input item). ``halves``: also
+    the gaps of its two half-data LMs per fold (:meth:`CrossFitNgram.score_halves`), from which the
+    refinement estimates its reliability-corrected centre as ``refine_split`` does."""
     if cross_fit <= 1:
+        if halves:
+            raise SystemExit("the reliability-centred refinement needs --cross_fit >= 2")
         lm = KneserNeyLM(order=order).fit(sorted({c for cs in captions_by_image.values() for c in cs}))
         return score_gaps(lm, true, negative)
     images = sorted(captions_by_image)
     item = {name: k for k, name in enumerate(images)}
     ngram = CrossFitNgram(order=order, num_folds=cross_fit, seed=seed).fit([captions_by_image[name] for name in images])
     owners = [item[name] for name in image]
-    return ngram.score(true, owners) - ngram.score(negative, owners)
+    gaps = ngram.score(true, owners) - ngram.score(negative, owners)
+    if not halves:
+        return gaps
+    (true_a, true_b), (neg_a, neg_b) = ngram.score_halves(true, owners), ngram.score_halves(negative, owners)
+    return gaps, true_a - neg_a, true_b - neg_b
 
 
 def evaluate(name, true, negative, kinds, image, judge, captions_b, args) -> list[dict]:
     kinds = np.asarray(kinds, dtype=object)
     judge_gap = score_gaps(judge, true, negative)
-    own_gap = pipeline_gaps(true, negative, image, captions_b, args.order, args.cross_fit, args.seed)
+    own_gap, half_a, half_b = pipeline_gaps(true, negative, image, captions_b, args.order, args.cross_fit, args.seed, halves=True)
     filtered = filter_by_gap(own_gap, args.threshold)
     orders = [int(o) for o in args.refine_orders.split(",")] if args.refine_orders else [args.order]
     refine_gaps = [own_gap if o == args.order else pipeline_gaps(true, negative, image, captions_b, o, args.cross_fit, args.seed)
                    for o in orders]
     refined = adversarial_refine(refine_gaps, kinds, num_bins=args.num_bins, seed=args.refine_seed)
-    both = np.intersect1d(filtered, refined)
+    # the pipeline's default: the n-gram gaps balanced around their reliability-corrected centre
+    centers = {kind: [reliability_center(own_gap[kinds == kind], half_a[kinds == kind], half_b[kinds == kind])[0]
+                      if o == args.order else 0.0 for o in orders] for kind in set(kinds.tolist())}
+    centred = adversarial_refine(refine_gaps, kinds, num_bins=args.num_bins, seed=args.refine_seed, center=centers)
     by_judge = adversarial_refine(judge_gap, kinds, num_bins=args.num_bins, seed=args.refine_seed)
     rows = []
     for kind in sorted(set(kinds.tolist()), key=lambda k: (SUBSET_KIND.get(k, k), k)):
@@ -121,10 +137,11 @@ def evaluate(name, true, negative, kinds, image, judge, captions_b, args) -> lis
 
         rows.append({
             "negatives": name, "kind": kind, "pairs": int(len(members)),
-            "before": preference_rate(judge_gap[members])[None],
-            "own_before": preference_rate(own_gap[members])[None],
-            "filtered": share(filtered), "refined": share(refined), "filtered_refined": share(both),
+            "before": share(members), "own_before": (preference_rate(own_gap[members])[None], 1.0),
+            "filtered": share(filtered), "refined": share(refined), "filtered_refined": share(np.intersect1d(filtered, refined)),
+            "centred": share(centred), "filtered_centred": share(np.intersect1d(filtered, centred)),
             "refined_by_judge": share(by_judge),
+            "center": centers[kind][0], "reliability": reliability_center(own_gap[members], half_a[members], half_b[members])[1],
         })
     return rows
 
@@ -148,39 +165,82 @@ def rule_pairs(captions_b: dict[str, list[str]], args):
     return true, negative, kind, image
 
 
-def _pct(x: float) -> str:
-    return "-" if x != x else f"{100 * x:.1f}"
+COLUMNS = (("before", "before"), ("own_before", "pipeline LM before"), ("filtered", "filtered"),
+           ("refined", "refined (around 0)"), ("filtered_refined", "filtered + refined (around 0)"),
+           ("centred", "refined (reliability centre)"), ("filtered_centred", "filtered + refined (reliability centre)"),
+           ("refined_by_judge", "refined by the judge"))
 
 
-def markdown(rows, args, seconds) -> str:
+def _cell(runs: list[tuple[float, float]]) -> str:
+    """``rate / kept`` in %, as mean ± sd over the seeds when there are several."""
+    rates = np.asarray([r for r, _ in runs], dtype=float)
+    kept = 100 * float(np.mean([k for _, k in runs]))
+    if np.isnan(rates).all():
+        return f"- / {kept:.1f}"
+    mean = 100 * np.nanmean(rates)
+    spread = f" ± {100 * np.nanstd(rates):.1f}" if len(runs) > 1 else ""
+    return f"{mean:.1f}{spread} / {kept:.1f}"
+
+
+def markdown(rows_per_seed, args, seconds) -> str:
+    seeds = len(rows_per_seed)
     lines = [
-        f"Judge: KN {args.order}-gram LM fitted on half A's true captions; pipeline LM: fitted on half B's own true captions"
+        f"Judge: KN {args.judge_order or args.order}-gram LM fitted on half A's true captions; pipeline LM: KN {args.order}-gram fitted on half B's own true captions"
         + (f" ({args.cross_fit}-fold cross-fitted)" if args.cross_fit > 1 else "")
         + f"; filter: pipeline gap <= {args.threshold}; refinement: {args.num_bins} quantile bins per kind, seed {args.refine_seed}"
-        + (f", balancing the pipeline LMs of orders {args.refine_orders} jointly" if args.refine_orders else "") + ".",
-        "Cells: % of pairs where the judge prefers the true caption (50 = chance) / % of pairs kept.",
+        + (f", balancing the pipeline LMs of orders {args.refine_orders} jointly" if args.refine_orders else "")
+        + f"; reliability centre: the pipeline's default (`refine_split(center=\"reliability\")`); {seeds} image split(s), seeds {args.seeds}.",
+        "Cells: % of pairs where the judge prefers the true caption (50 = chance)" + (" as mean ± sd over the splits" if seeds > 1 else "")
+        + " / % of pairs kept. `pairs`, `centre`, `reliability`: means over the splits.",
         "",
-        "| negatives | kind | pairs | before | pipeline LM before | filtered | refined | filtered + refined | refined by the judge |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| negatives | kind | pairs | " + " | ".join(title for _, title in COLUMNS) + " | centre | reliability |",
+        "|---|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
-    for r in rows:
-        cells = [r["negatives"], r["kind"], str(r["pairs"]), _pct(r["before"]), _pct(r["own_before"])]
-        for key in ("filtered", "refined", "filtered_refined"):
-            rate, kept = r[key]
-            cells.append(f"{_pct(rate)} / {_pct(kept)}")
-        rate, kept = r["refined_by_judge"]
-        cells.append(f"{_pct(rate)} / {_pct(kept)}")
+    keys = list(dict.fromkeys((r["negatives"], r["kind"]) for rows in rows_per_seed for r in rows))
+    for negatives, kind in keys:
+        runs = [r for rows in rows_per_seed for r in rows if (r["negatives"], r["kind"]) == (negatives, kind)]
+        rel = [r["reliability"] for r in runs if r["reliability"] is not None]
+        cells = [negatives, kind, f"{np.mean([r['pairs'] for r in runs]):.0f}"]
+        cells += [_cell([r[key] for r in runs]) for key, _ in COLUMNS]
+        cells += [f"{np.mean([r['center'] for r in runs]):.3f}", f"{np.mean(rel):.2f}" if rel else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Wall time {seconds:.1f} s.")
     return "\n".join(lines)
 
 
+def run_split(subsets, seed: int, args) -> list[dict]:
+    """Every row of one image split (judge on half A, pipeline on half B)."""
+    args = argparse.Namespace(**{**vars(args), "seed": seed})
+    half_a = split_images(subsets, seed)
+    captions_a = sorted({e["caption"] for entries in subsets.values() for e in entries if e["filename"] in half_a})
+    captions_b: dict[str, list[str]] = defaultdict(list)
+    for entries in subsets.values():
+        for e in entries:
+            if e["filename"] not in half_a and e["caption"] not in captions_b[e["filename"]]:
+                captions_b[e["filename"]].append(e["caption"])
+    judge = KneserNeyLM(order=args.judge_order or args.order).fit(captions_a)
+    print(f"split {seed}: images: {len(half_a)} in half A, {len(captions_b)} in half B; judge fitted on {len(captions_a)} captions; "
+          f"half B has {sum(map(len, captions_b.values()))}", file=sys.stderr)
+    pairs = [(e["caption"], e["negative_caption"], subset, e["filename"])
+             for subset, entries in subsets.items() for e in entries if e["filename"] not in half_a]
+    true, negative, kinds, image = (list(x) for x in zip(*pairs))
+    rows = evaluate("SugarCrepe", true, negative, kinds, image, judge, captions_b, args)
+    if not args.no_rules:
+        t = time.perf_counter()
+        true, negative, kinds, image = rule_pairs(captions_b, args)
+        print(f"RuleBasedEditor: {len(true)} edits in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        rows += evaluate("RuleBasedEditor", true, negative, kinds, image, judge, captions_b, args)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder of SugarCrepe annotation JSON files")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image split (and of the cross-fit folds)")
+    parser.add_argument("--seeds", default="0,1,2,3,4",
+                        help="seeds of the image splits (and of the cross-fit folds), comma-separated; cells are mean ± sd over them")
     parser.add_argument("--order", type=int, default=2, help="n-gram order of the judge and the pipeline LM")
+    parser.add_argument("--judge_order", type=int, default=0, help="another n-gram order for the judge only (0: --order)")
     parser.add_argument("--threshold", type=float, default=0.3,
                         help="filter: drop a negative whose pipeline-LM gap (nats per token) exceeds this")
     parser.add_argument("--num_bins", type=int, default=10, help="adversarial refinement: magnitude bins per kind")
@@ -198,33 +258,13 @@ def main(argv=None):
 
     start = time.perf_counter()
     subsets = load_subsets(args.data)
-    half_a = split_images(subsets, args.seed)
-    captions_a = sorted({e["caption"] for entries in subsets.values() for e in entries if e["filename"] in half_a})
-    captions_b: dict[str, list[str]] = defaultdict(list)
-    for entries in subsets.values():
-        for e in entries:
-            if e["filename"] not in half_a and e["caption"] not in captions_b[e["filename"]]:
-                captions_b[e["filename"]].append(e["caption"])
-    judge = KneserNeyLM(order=args.order).fit(captions_a)
-    print(f"images: {len(half_a)} in half A, {len(captions_b)} in half B; judge fitted on {len(captions_a)} captions; "
-          f"half B has {sum(map(len, captions_b.values()))}", file=sys.stderr)
-
-    rows = []
-    pairs = [(e["caption"], e["negative_caption"], subset, e["filename"])
-             for subset, entries in subsets.items() for e in entries if e["filename"] not in half_a]
-    true, negative, kinds, image = (list(x) for x in zip(*pairs))
-    rows += evaluate("SugarCrepe", true, negative, kinds, image, judge, captions_b, args)
-    if not args.no_rules:
-        t = time.perf_counter()
-        true, negative, kinds, image = rule_pairs(captions_b, args)
-        print(f"RuleBasedEditor: {len(true)} edits in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        rows += evaluate("RuleBasedEditor", true, negative, kinds, image, judge, captions_b, args)
+    rows_per_seed = [run_split(subsets, int(seed), args) for seed in args.seeds.split(",")]
     seconds = time.perf_counter() - start
-    print(markdown(rows, args, seconds))
+    print(markdown(rows_per_seed, args, seconds))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "seconds": seconds}, f, indent=1)
-    return rows
+            json.dump({"args": vars(args), "rows": rows_per_seed, "seconds": seconds}, f, indent=1)
+    return rows_per_seed
 
 
 if __name__ == "__main__":

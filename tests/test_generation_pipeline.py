@@ -306,9 +306,9 @@ def test_plural_object_edit_repaints_every_instance(items, editor):
     np.testing.assert_array_equal(call["masks"][j], expected)
     new = call["prompts"][j]
     assert new.endswith("s") and any(f"two {new} sitting on a bed" == cf["caption"] for cf in objects)
-    # the count edits of the same caption: 2 cats annotated -> "three cats" adds, "one cat" removes one
+    # the count edits of the same caption: 2 cats annotated -> "three cats" adds, "a cat" removes one
     counts = [cf["caption"] for cf in image_cfs(record) if cf["edit"] == "count"]
-    assert "one cat sitting on a bed" in counts
+    assert "a cat sitting on a bed" in counts
     assert is_plural("cats", "cat") and not is_plural("cat", "cat") and is_plural("men", "person")
     assert not is_plural("man", "person") and not is_plural("sheep", "sheep") and names_category("women", "person")
 

@@ -21,6 +21,7 @@ from hf_counterfactual.generation.plausibility import (
     cross_fit_gaps,
     filter_by_gap,
     preference_rate,
+    reliability_center,
     score_gaps,
     tokenize,
 )
@@ -244,6 +245,56 @@ def test_refinement_deterministic_per_seed():
         adversarial_refine([gaps, gaps[:3]])
     with pytest.raises(ValueError):
         adversarial_refine(gaps, num_bins=0)
+
+
+def test_reliability_center_by_hand():
+    # halves (1, 2, 3, 4) and (1, 3, 2, 4): r = 0.8; Spearman-Brown rho = 1.6 / 1.8 = 8/9;
+    # gaps of mean 0.5: centre = 0.5 * (1 - 9/8) = -0.0625
+    center, rho = reliability_center([0.2, 0.4, 0.6, 0.8], [1, 2, 3, 4], [1, 3, 2, 4], min_pairs=4)
+    assert rho == pytest.approx(8 / 9) and center == pytest.approx(-0.0625)
+    assert reliability_center([0.2, 0.4, 0.6, 0.8], [1, 2, 3, 4], [1, 3, 2, 4], min_pairs=5) == (0.0, None)  # too few
+    assert reliability_center([0.2, 0.4, 0.6, 0.8], [1, 2, 3, 4], [4, 3, 2, 1], min_pairs=4) == (0.0, None)  # halves disagree
+    center, rho = reliability_center([0.2, np.nan, 0.6, 0.8, 1.0], [1, 2, 3, 4, 5], [1, 3, 2, 4, 5], min_pairs=4)
+    assert rho is not None and np.isfinite(center)  # the unscored pair is left out
+    with pytest.raises(ValueError):
+        reliability_center([0.1, 0.2], [1, 2, 3], [1, 2, 3])
+
+
+def test_refinement_center_shifts_the_balance():
+    rng = np.random.default_rng(2)
+    gaps = rng.normal(0.3, 1.0, size=400)
+    kinds = rng.choice(["x", "y"], size=400).tolist()
+    np.testing.assert_array_equal(adversarial_refine(gaps, kinds, num_bins=4, seed=1, center=-0.2),
+                                  adversarial_refine(gaps + 0.2, kinds, num_bins=4, seed=1))
+    per_kind = adversarial_refine(gaps, kinds, num_bins=4, seed=1, center={"x": -0.2})
+    shifted = np.where(np.asarray(kinds) == "x", gaps + 0.2, gaps)
+    np.testing.assert_array_equal(per_kind, adversarial_refine(shifted, kinds, num_bins=4, seed=1))
+    kept = per_kind[np.asarray(kinds)[per_kind] == "x"]
+    assert np.sum(gaps[kept] > -0.2) == np.sum(gaps[kept] < -0.2)  # balanced around its centre
+    with pytest.raises(ValueError):
+        adversarial_refine(gaps, kinds, center=float("nan"))
+    with pytest.raises(ValueError):
+        adversarial_refine([gaps, gaps], kinds, center=[0.0, 0.0, 0.0])
+
+
+def test_reliability_center_leaves_a_held_out_judge_at_chance():
+    """The method on a known model: true gaps G ~ N(0.3, 0.3); a scorer sees G plus noise, as do two
+    half-data scorers (twice the noise variance) and an independent judge. Balancing the scorer
+    around 0 leaves the judge preferring the true caption; around the reliability centre, not."""
+    rng = np.random.default_rng(0)
+    n, noise = 40_000, 0.25
+    G = rng.normal(0.3, 0.3, size=n)
+    half_noise = rng.normal(0.0, noise * np.sqrt(2), size=(2, n))
+    scorer = G + half_noise.mean(axis=0)  # the full-data scorer: the mean of its two halves
+    half_a, half_b = G + half_noise[0], G + half_noise[1]
+    judge = G + rng.normal(0.0, noise, size=n)
+    center, rho = reliability_center(scorer, half_a, half_b)
+    assert rho == pytest.approx(0.09 / (0.09 + noise**2), abs=0.02) and center < 0
+    plain = adversarial_refine(scorer, num_bins=10, seed=0)
+    centred = adversarial_refine(scorer, num_bins=10, seed=0, center=center)
+    assert preference_rate(judge[plain])[None] > 0.60  # balanced on the scorer, not for the judge
+    assert abs(preference_rate(judge[centred])[None] - 0.5) < 0.02
+    assert abs(preference_rate(scorer[plain])[None] - 0.5) < 0.01  # what the plain refinement does balance
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,6 +56,21 @@ def test_cross_fit_scores_each_item_with_a_model_that_never_saw_it():
         CrossFitNgram().fit([["one caption"]])
 
 
+def test_half_models_split_the_other_folds_and_never_see_the_item():
+    captions = [[f"a dog named rex{i}"] for i in range(40)]
+    ngram = CrossFitNgram(num_folds=4, seed=0).fit(captions)
+    texts, owners = [f"a dog named rex{i}" for i in range(40)], list(range(40))
+    a, b = ngram.score_halves(texts, owners)
+    assert a.shape == b.shape == (40,) and np.isfinite(a).all() and np.isfinite(b).all()
+    for (fold, half), model in ngram._half_models.items():
+        seen = {i for i in range(40) if f"rex{i}" in model.vocab}
+        # exactly the items of the other folds in this half: never the fold scored, never the other half
+        assert seen == {i for i in range(40) if ngram.folds[i] != fold and ngram.halves[i] == half}
+    assert len(ngram._half_models) == 8 and 0.3 < ngram.halves.mean() < 0.7
+    with pytest.raises(ValueError, match="num_folds >= 2"):
+        CrossFitNgram(num_folds=1).fit(captions).score_halves(texts, owners)
+
+
 def test_stage_puts_gaps_on_the_record_filters_per_kind_and_counts():
     data = items()
     stage = PlausibilityStage(ngram=CrossFitNgram(num_folds=2, seed=0), threshold={"order": 0.0}).fit(data)
@@ -161,7 +176,7 @@ def write_split(out, n=24, world_size=2, records_per_shard=5):
             list(range(n)), lambda index, item: synthetic_record(index), progress=False)
 
 
-SETTINGS = {"num_bins": 3, "seed": 0, "min_counterfactuals": 1}
+SETTINGS = {"num_bins": 3, "seed": 0, "min_counterfactuals": 1, "center": "zero"}  # SugarCrepe's balance
 
 
 def test_refinement_runs_over_every_shard_balanced_per_kind(tmp_path):
@@ -197,6 +212,50 @@ def test_refinement_runs_over_every_shard_balanced_per_kind(tmp_path):
     # the raw shards are untouched and load as the unrefined configuration
     assert load_dataset(str(out), "unrefined")["train"].num_rows == 24
     assert [p.read_bytes() for p in shards] == [p.read_bytes() for p in sorted((out / "data").glob("train-r*.parquet"))]
+
+
+def test_reliability_centred_refinement(tmp_path):
+    """``center="reliability"`` (the default): per kind, the n-gram gaps balanced around the centre
+    estimated from half-data LMs on the records' own captions; written in the stats."""
+    from hf_counterfactual.generation.plausibility import reliability_center
+
+    rng = np.random.default_rng(0)
+    nouns, rare = ["dog", "cat", "man", "woman", "horse", "car"], ["zebra", "kayak", "lamp"]
+    places = ["on a couch", "in the park", "on the street", "near a tree"]
+
+    def record(index):
+        noun, place = nouns[rng.integers(len(nouns))], places[rng.integers(len(places))]
+        caption = f"a {noun} {place}"
+        cfs = [{"caption": f"a {new} {place}", "image": None, "edit": "object", "source": "rule", "score": None,
+                "plausibility_gap": {"ngram": float(rng.normal(0.5, 0.5)), "causal_lm": None, "classifier": None}}
+               for new in (rare[rng.integers(len(rare))], nouns[(nouns.index(noun) + 1) % len(nouns)])]
+        return {"image": Image.new("RGB", (4, 4), (index, 0, 0)), "caption": caption, "paraphrases": [], "counterfactuals": cfs}
+
+    records = [record(i) for i in range(120)]
+    out = tmp_path / "out"
+    ShardedRecordWriter(out, split="train", rank=0, world_size=1, records_per_shard=50).run(
+        list(range(120)), lambda index, item: records[index], progress=False)
+    stats = finalize(out, ["train"], refine={"train": {"num_bins": 3, "seed": 0, "ngram_folds": 5}})["train"]
+    summary = stats["plausibility_refinement"]
+    assert summary["settings"]["center"] == "reliability"
+    entry = summary["kinds"]["object"]
+    # the centre is reliability_center of the stored gaps and the half-data LMs' gaps
+    true = [r["caption"] for r in records for cf in r["counterfactuals"]]
+    negatives = [cf["caption"] for r in records for cf in r["counterfactuals"]]
+    owners = [i for i, r in enumerate(records) for cf in r["counterfactuals"]]
+    ngram = CrossFitNgram(order=2, num_folds=5, seed=0).fit([[r["caption"]] for r in records])
+    (ta, tb), (na, nb) = ngram.score_halves(true, owners), ngram.score_halves(negatives, owners)
+    gaps = np.asarray([cf["plausibility_gap"]["ngram"] for r in records for cf in r["counterfactuals"]], dtype=np.float32).astype(np.float64)
+    center, rho = reliability_center(gaps, ta - na, tb - nb)
+    assert rho is not None and entry["reliability"] == pytest.approx(rho) and entry["center"] == pytest.approx(center) and center < 0
+    expected = set(adversarial_refine(gaps, ["object"] * len(gaps), num_bins=3, seed=0, center=center).tolist())
+    assert entry["kept"] == len(expected) < len(adversarial_refine(gaps, num_bins=3, seed=0))  # a stricter balance than around 0
+    from datasets import load_dataset
+
+    kept = {(r["caption"], cf["caption"]) for r in load_dataset(str(out))["train"] for cf in r["counterfactuals"]}
+    assert kept == {(true[i], negatives[i]) for i in expected}
+    with pytest.raises(ValueError, match="center"):
+        finalize(out, ["train"], refine={"train": {"center": "median"}})
 
 
 def test_refinement_is_atomic_and_idempotent(tmp_path, monkeypatch):
@@ -253,6 +312,7 @@ def test_hf_cf_generate_filters_refines_and_a_resumed_run_gives_the_same(tmp_pat
     card = (tmp_path / "a" / "README.md").read_text()
     assert "plausibility filter: a negative whose gap (first scorer) exceeds count=0.5" in card
     assert "adversarial refinement" in card and "config_name: unrefined" in card
+    assert refinement["settings"]["center"] == "reliability" and "reliability-corrected centre" in card
 
     # a run killed after its first shard, then resumed: the same refined split
     b = tmp_path / "b"

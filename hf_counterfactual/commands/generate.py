@@ -21,8 +21,9 @@ For each image the first caption is the factual caption and the others its parap
   ``--plausibility_classifier``) score each counterfactual caption against its caption; the gaps
   stay on the record (``plausibility_gap``); ``--plausibility_threshold`` drops negatives far less
   plausible than their caption, ``--plausibility_refine`` balances what a blind model prefers per
-  edit kind over the whole split when it is finalised (SugarCrepe's adversarial refinement; the raw
-  shards stay loadable as the ``unrefined`` configuration).
+  edit kind over the whole split when it is finalised (SugarCrepe's adversarial refinement, centred
+  so that a held-out blind LM is at chance too: ``--plausibility_refine_center``; the raw shards
+  stay loadable as the ``unrefined`` configuration).
 
 Each process takes a block of the images and writes Parquet shards; a rerun after a kill resumes::
 
@@ -147,6 +148,11 @@ class GenerationArguments:
     )
     plausibility_refine: bool = field(default=False, metadata={"help": "Adversarial refinement per edit kind over the whole split, when it is finalised."})
     plausibility_num_bins: int = field(default=10, metadata={"help": "Refinement: gap magnitude bins per edit kind and scorer."})
+    plausibility_refine_center: str = field(
+        default="reliability",
+        metadata={"help": "Refinement: balance the n-gram gaps around the centre that leaves a held-out blind LM at chance too, "
+                          "estimated per kind from half-data LMs ('reliability'), or around 0 as SugarCrepe does ('zero')."},
+    )
 
 
 def _split(value: str, allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -195,7 +201,9 @@ def refine_settings(arguments: dict) -> dict | None:
     if not arguments.get("plausibility_refine"):
         return None
     return {"num_bins": arguments.get("plausibility_num_bins", 10), "seed": arguments.get("seed", 0),
-            "min_counterfactuals": arguments.get("min_counterfactuals", 1)}
+            "min_counterfactuals": arguments.get("min_counterfactuals", 1),
+            "center": arguments.get("plausibility_refine_center", "reliability"),
+            "ngram_order": arguments.get("plausibility_ngram_order", 2), "ngram_folds": arguments.get("plausibility_folds", 5)}
 
 
 def build_generator(args: GenerationArguments, device, items=None) -> CounterfactualGenerator:
@@ -312,7 +320,7 @@ MODEL_FLAGS = {  # flag -> the file that makes a folder or repo that model
 }
 # Fields that only change how finalize publishes the shards: a rerun may change them (the split is
 # refined again from the same shards), and the card still names them.
-FINALIZE_FIELDS = ("plausibility_refine", "plausibility_num_bins")
+FINALIZE_FIELDS = ("plausibility_refine", "plausibility_num_bins", "plausibility_refine_center")
 
 
 def check_arguments(args: GenerationArguments) -> GenerationArguments:
@@ -337,6 +345,10 @@ def check_arguments(args: GenerationArguments) -> GenerationArguments:
             raise UsageError("--no_plausibility_ngram leaves no blind scorer: add --plausibility_causal_lm or --plausibility_classifier")
         if args.plausibility_folds < 1 or args.plausibility_ngram_order < 1 or args.plausibility_num_bins < 1:
             raise UsageError("--plausibility_folds, --plausibility_ngram_order and --plausibility_num_bins must be >= 1")
+        from ..generation.plausibility_stage import REFINE_CENTERS
+
+        if args.plausibility_refine_center not in REFINE_CENTERS:
+            raise UsageError(f"--plausibility_refine_center {args.plausibility_refine_center!r}: choose from {', '.join(REFINE_CENTERS)}")
         if args.plausibility_classifier == TINY:
             raise UsageError("--plausibility_classifier has no tiny model: give a checkpoint")
         from ..generation.plausibility_stage import parse_threshold

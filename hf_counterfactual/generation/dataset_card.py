@@ -101,7 +101,10 @@ def plausibility_lines(a: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
         st = refinement["settings"]
         lines.append(
             f"- adversarial refinement (SugarCrepe's, per edit kind over the whole split; {st['num_bins']} gap bins, seed {st['seed']}, "
-            f"scorers {', '.join(st['scorers'])}): per edit kind {json.dumps(refinement['kinds'], sort_keys=True)}; "
+            f"scorers {', '.join(st['scorers'])}; "
+            + ("n-gram gaps balanced around the reliability-corrected centre, so that a held-out blind LM is at chance too"
+               if st.get("center", "zero") == "reliability" else "gaps balanced around 0")
+            + f"): per edit kind {json.dumps(refinement['kinds'], sort_keys=True)}; "
             f"records left with too few counterfactuals and dropped: {refinement['records_dropped']} of {refinement['num_records_before']}; "
             "the records before refinement load as the `unrefined` configuration"
         )

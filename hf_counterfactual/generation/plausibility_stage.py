@@ -31,7 +31,8 @@ a text prior, not the image (SugarCrepe, Hsieh et al. 2023; the scorers and the 
   :func:`~hf_counterfactual.generation.writer.finalize`): balancing is global per edit kind, so it
   runs once over every shard of a split, after all processes finished. It reads the gaps of all
   committed shards (in input order), keeps the set :func:`~.plausibility.adversarial_refine` picks
-  (jointly over the scorers run) and writes the split again without the dropped negatives (and
+  (jointly over the scorers run; the n-gram gaps balanced around their reliability-corrected centre,
+  :func:`~.plausibility.reliability_center`, unless ``center="zero"``) and writes the split again without the dropped negatives (and
   without the records left with fewer than ``min_counterfactuals``) into
   ``refined/{split}-{digest}/``; the raw shards in ``data/`` are never changed (resume works as
   before, and they stay loadable as the ``unrefined`` configuration). ``digest`` hashes the
@@ -56,15 +57,17 @@ from typing import Any
 import numpy as np
 
 from .llm import append_json_lines, load_json_lines, model_name_of, prompt_hash
-from .plausibility import KneserNeyLM, adversarial_refine
+from .plausibility import KneserNeyLM, adversarial_refine, reliability_center
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCORERS", "CachedScores", "CrossFitNgram", "PlausibilityStage", "item_captions", "parse_threshold", "refine_split"]
+__all__ = ["REFINE_CENTERS", "SCORERS", "CachedScores", "CrossFitNgram", "PlausibilityStage", "item_captions", "parse_threshold", "refine_split"]
 
 #: The blind scorers, in the order of ``plausibility_gap``'s fields (and of primacy for the filter).
 SCORERS = ("ngram", "causal_lm", "classifier")
 REFINED_DIR = "refined"
+#: Where :func:`refine_split` centres the balance of the n-gram gaps (see its docstring).
+REFINE_CENTERS = ("reliability", "zero")
 _MARKER = "refinement.json"
 
 
@@ -85,6 +88,10 @@ class CrossFitNgram:
     only, so every process, a resumed run and a run with another batch size score alike.
     ``num_folds=1`` fits one LM on every caption (it then prefers the true captions by memory:
     use it only to see that effect).
+
+    :meth:`score_halves` scores with two more LMs per fold, each fitted on one half of the other
+    folds' items (item ``i`` in half ``permutation[i] // num_folds % 2``): their agreement is the
+    reliability that :func:`~.plausibility.reliability_center` needs.
     """
 
     def __init__(self, order: int = 2, num_folds: int = 5, seed: int = 0, discount: float | None = None):
@@ -92,35 +99,61 @@ class CrossFitNgram:
             raise ValueError(f"num_folds must be a positive integer, got {num_folds!r}")
         self.order, self.num_folds, self.seed, self.discount = order, num_folds, seed, discount
         self.folds: np.ndarray | None = None
+        self.halves: np.ndarray | None = None
         self.models: list[KneserNeyLM | None] = []
+        self._captions: Sequence[Sequence[str]] = ()
+        self._half_models: dict[tuple[int, int], KneserNeyLM | None] = {}
 
     def fit(self, captions_per_item: Sequence[Sequence[str]]) -> "CrossFitNgram":
         n = len(captions_per_item)
         if n < (2 if self.num_folds > 1 else 1):
             raise ValueError(f"cross-fitting the n-gram LM needs at least 2 items, got {n}")
-        self.folds = np.random.default_rng(self.seed).permutation(n) % self.num_folds
+        permutation = np.random.default_rng(self.seed).permutation(n)
+        self.folds, self.halves = permutation % self.num_folds, permutation // self.num_folds % 2
+        self._captions, self._half_models = captions_per_item, {}
         self.models = []
         for f in range(self.num_folds):
             if self.num_folds > 1 and not np.any(self.folds == f):
                 self.models.append(None)  # an empty fold scores nothing
                 continue
-            train = dict.fromkeys(c for i in range(n) if self.num_folds == 1 or self.folds[i] != f for c in captions_per_item[i])
-            self.models.append(KneserNeyLM(order=self.order, discount=self.discount).fit(list(train)) if train else None)
+            self.models.append(self._fit(self.folds != f if self.num_folds > 1 else np.ones(n, dtype=bool)))
         return self
 
-    def score(self, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
-        """Mean log-probability per token of ``captions[k]`` under the LM of item ``items[k]``'s fold."""
+    def _fit(self, train: np.ndarray) -> KneserNeyLM | None:
+        captions = dict.fromkeys(c for i in np.flatnonzero(train) for c in self._captions[i])
+        return KneserNeyLM(order=self.order, discount=self.discount).fit(list(captions)) if captions else None
+
+    def _score_with(self, model_of, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
         if self.folds is None:
             raise RuntimeError("CrossFitNgram is not fitted: call fit(captions_per_item) first")
         folds = self.folds[np.asarray(items, dtype=np.int64)] if len(items) else np.zeros(0, dtype=np.int64)
         out = np.full(len(captions), np.nan)
         for f in np.unique(folds):
             rows = np.flatnonzero(folds == f)
-            model = self.models[int(f)]
+            model = model_of(int(f))
             if model is None:
                 raise ValueError(f"fold {f} has no training captions: give the items captions")
             out[rows] = model.score([captions[r] for r in rows])
         return out
+
+    def score(self, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
+        """Mean log-probability per token of ``captions[k]`` under the LM of item ``items[k]``'s fold."""
+        return self._score_with(lambda f: self.models[f], captions, items)
+
+    def score_halves(self, captions: Sequence[str], items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` under the two half-data LMs of each fold (fitted on first use): no caption
+        is scored by an LM that saw it, and the two LMs of a fold share no item."""
+        if self.num_folds < 2:
+            raise ValueError("score_halves needs num_folds >= 2: with one fold every LM saw every caption")
+
+        def model_of(half):
+            def get(f):
+                if (f, half) not in self._half_models:
+                    self._half_models[f, half] = self._fit((self.folds != f) & (self.halves == half))
+                return self._half_models[f, half]
+            return get
+
+        return self._score_with(model_of(0), captions, items), self._score_with(model_of(1), captions, items)
 
 
 class CachedScores:
@@ -268,8 +301,8 @@ class PlausibilityStage:
 
 
 def _gap_columns(table, scorers: Sequence[str]):
-    """Per counterfactual of ``table`` (row-major): its record row, edit kind and the gaps of
-    ``scorers`` (NaN where absent), read from Arrow without touching the images."""
+    """Per counterfactual of ``table`` (row-major): its record row, edit kind, the gaps of
+    ``scorers`` (NaN where absent) and its caption, read from Arrow without touching the images."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -288,7 +321,31 @@ def _gap_columns(table, scorers: Sequence[str]):
             continue
         values = flat.field("plausibility_gap").field(name)
         gaps.append(pc.fill_null(values.cast(pa.float64()), float("nan")).to_numpy(zero_copy_only=False))
-    return rows, edits, gaps
+    return rows, edits, gaps, flat.field("caption").to_pylist()
+
+
+def _reliability_centers(true, negatives, owners, item_captions_, kinds, gaps, settings) -> tuple[dict, dict]:
+    """Per edit kind, :func:`~.plausibility.reliability_center` of the n-gram gaps ``gaps`` (NaN:
+    unscored), its reliability estimated from half-data LMs fitted on the records' own true
+    captions (``item_captions_[owners[k]]``: caption and paraphrases), cross-fitted as the stage fits."""
+    ngram = CrossFitNgram(order=int(settings["ngram_order"]), num_folds=max(int(settings["ngram_folds"]), 2),
+                          seed=int(settings["seed"])).fit(item_captions_)
+    scored = np.flatnonzero(np.isfinite(gaps))
+    half_a, half_b = np.full(len(gaps), np.nan), np.full(len(gaps), np.nan)
+    if len(scored):
+        texts = [true[k] for k in scored] + [negatives[k] for k in scored]
+        items = [owners[k] for k in scored] * 2
+        a, b = ngram.score_halves(texts, items)
+        half_a[scored], half_b[scored] = a[: len(scored)] - a[len(scored):], b[: len(scored)] - b[len(scored):]
+    centers, reliability = {}, {}
+    for kind in sorted(set(kinds[scored].tolist())):
+        rows = scored[kinds[scored] == kind]
+        center, rho = reliability_center(gaps[rows], half_a[rows], half_b[rows])
+        if rho is None:
+            logger.warning("refinement: the n-gram gaps of %d %r pairs carry no reliability estimate (too few, or halves that "
+                           "disagree); balanced around 0", len(rows), kind)
+        centers[kind], reliability[kind] = center, rho
+    return centers, reliability
 
 
 def refinement_digest(output_dir: str | os.PathLike, files: Sequence[str], settings: Mapping[str, Any]) -> str:
@@ -309,10 +366,16 @@ def refine_split(
     ``data/``, in input order); see the module docstring for the layout and the guarantees.
 
     ``settings``: ``scorers`` (the gap fields to balance jointly; default those of :data:`SCORERS`
-    with any value in the split), ``num_bins``, ``seed``, ``min_counterfactuals``. Returns the
+    with any value in the split), ``num_bins``, ``seed``, ``min_counterfactuals``, ``center``
+    (``"reliability"``, the default: the n-gram gaps are balanced around
+    :func:`~.plausibility.reliability_center`, estimated per kind with half-data LMs of
+    ``ngram_order`` cross-fitted over ``ngram_folds`` folds of the records, so that a held-out blind
+    model is at chance too; the other scorers around 0. ``"zero"``: SugarCrepe's, every scorer
+    around 0). Returns the
     refined split's totals: ``path`` (its folder, relative to ``output_dir``), ``num_records``,
     ``num_shards``, ``num_bytes``, ``edits``, ``sources``, ``kinds`` (per edit kind ``{"pairs",
-    "kept", "dropped"}``), ``records_dropped``, ``unscored`` (counterfactuals without gaps, kept).
+    "kept", "dropped"}``, and with ``center="reliability"`` the n-gram's ``center`` and
+    ``reliability``), ``records_dropped``, ``unscored`` (counterfactuals without gaps, kept).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -322,7 +385,10 @@ def refine_split(
 
     features = features or COUNTERFACTUAL_FEATURES
     output_dir = Path(output_dir)
-    settings = {"scorers": None, "num_bins": 10, "seed": 0, "min_counterfactuals": 1, **dict(settings)}
+    settings = {"scorers": None, "num_bins": 10, "seed": 0, "min_counterfactuals": 1, "center": "reliability",
+                "ngram_order": 2, "ngram_folds": 5, **dict(settings)}
+    if settings["center"] not in REFINE_CENTERS:
+        raise ValueError(f"refinement center {settings['center']!r}: choose from {REFINE_CENTERS}")
     digest = refinement_digest(output_dir, files, settings)
     final = output_dir / REFINED_DIR / f"{split}-{digest}"
     marker = final / _MARKER
@@ -339,12 +405,19 @@ def refine_split(
     scorers = settings["scorers"]
     tables_meta = []
     all_gaps, all_kinds = [], []
+    true, negatives, owners, captions_of_record = [], [], [], []
     for name in files:
-        table = pq.read_table(output_dir / "data" / name, columns=["counterfactuals"])
-        rows, edits, gaps = _gap_columns(table, scorers or SCORERS)
+        table = pq.read_table(output_dir / "data" / name, columns=["caption", "paraphrases", "counterfactuals"])
+        rows, edits, gaps, cf_captions = _gap_columns(table, scorers or SCORERS)
         tables_meta.append((name, rows))
         all_kinds.append(edits)
         all_gaps.append(np.stack(gaps, axis=1) if gaps else np.zeros((len(rows), 0)))
+        record_captions = table.column("caption").to_pylist()
+        paraphrases = table.column("paraphrases").to_pylist()
+        true += [record_captions[r] for r in rows]
+        negatives += cf_captions
+        owners += (rows + len(captions_of_record)).tolist()
+        captions_of_record += [[c, *(p or [])] for c, p in zip(record_captions, paraphrases)]
     kinds = np.concatenate(all_kinds) if all_kinds else np.zeros(0, dtype=object)
     gaps = np.concatenate(all_gaps) if all_gaps else np.zeros((0, len(scorers or SCORERS)))
     names = list(scorers or SCORERS)
@@ -354,15 +427,23 @@ def refine_split(
     scored = np.isfinite(gaps).all(axis=1) if gaps.shape[1] else np.zeros(len(kinds), dtype=bool)
     keep = np.ones(len(kinds), dtype=bool)
     members = np.flatnonzero(scored)
+    centers, reliability = {}, {}
+    if settings["center"] == "reliability" and "ngram" in names and len(members):
+        column = names.index("ngram")
+        ngram_gaps = np.where(scored, gaps[:, column], np.nan)
+        centers, reliability = _reliability_centers(true, negatives, owners, captions_of_record, kinds, ngram_gaps, settings)
     if len(members):
+        center = {kind: [c if s == "ngram" else 0.0 for s in names] for kind, c in centers.items()}
         chosen = adversarial_refine([gaps[members, c] for c in range(gaps.shape[1])], kinds[members],
-                                    num_bins=int(settings["num_bins"]), seed=int(settings["seed"]))
+                                    num_bins=int(settings["num_bins"]), seed=int(settings["seed"]), center=center)
         keep[members] = False
         keep[members[chosen]] = True
-    per_kind: dict[str, dict[str, int]] = {}
+    per_kind: dict[str, dict[str, Any]] = {}
     for kind in sorted(set(kinds[members].tolist())):
         of_kind = members[kinds[members] == kind]
         per_kind[kind] = {"pairs": int(len(of_kind)), "kept": int(keep[of_kind].sum()), "dropped": int((~keep[of_kind]).sum())}
+        if kind in centers:
+            per_kind[kind].update(center=centers[kind], reliability=reliability[kind])
 
     # Pass 2: write the kept set into a temporary folder, then move it into place whole.
     tmp = output_dir / REFINED_DIR / f".{split}-{digest}.tmp"

@@ -442,7 +442,8 @@ class RuleBasedEditor:
       below, top <-> bottom, upper <-> lower). "right" as an adverb (right next to) and "left"
       as a verb are not position words; "on top of" is a relation (-> "under").
     - ``count``: a number word or digit modifying a noun (nummod) is moved by +1 and -1 (not
-      below one); "a"/"an" becomes "two" before the caption's first object noun only (the
+      below one; one written "a"/"an" where the noun has no other determiner: "two clocks are"
+      -> "a clock is", "the two dogs" -> "the one dog"); "a"/"an" becomes "two" before the caption's first object noun only (the
       subject, or the first object: never a scene or ground noun such as field, room, street,
       table, beach, nor after lone / single / only); the head noun is inflected
       (irregular plurals table, then rules) and, when the noun is the subject, its verb agrees
@@ -808,6 +809,10 @@ class RuleBasedEditor:
             for m in targets:
                 plural = m != 1
                 number = str(m) if digits else (_NUMBER_WORDS[m] if m < len(_NUMBER_WORDS) else str(m))
+                if m == 1 and not digits and not any(c.dep_ in ("det", "poss") for c in head.children):
+                    # "two clocks are" -> "a clock is": a caption writer's "one" is rare, and a blind
+                    # LM spotted "one clock" 84% of the time; "the two dogs" keeps "one"
+                    number = indefinite_article(doc[t.i + 1].text if t.i + 1 < head.i else _singularize(head))
                 noun = pluralize(_lemma(head)) if plural else _singularize(head) if _is_plural(head) else head.text
                 noun = _match_case(head.text, noun.lower()) if noun.lower() != head.lower_ else head.text
                 repl = {t.i: _match_case(t.text, number), head.i: noun}
