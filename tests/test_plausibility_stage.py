@@ -258,6 +258,20 @@ def test_reliability_centred_refinement(tmp_path):
         finalize(out, ["train"], refine={"train": {"center": "median"}})
 
 
+def test_too_few_records_for_a_reliability_estimate_balance_around_zero(tmp_path, caplog):
+    out = tmp_path / "out"
+    write_split(out, n=6)
+    with caplog.at_level("WARNING"):
+        stats = finalize(out, ["train"], refine={"train": {"num_bins": 3, "seed": 0}})["train"]
+    assert "too few to estimate" in caplog.text
+    kinds = stats["plausibility_refinement"]["kinds"]
+    assert kinds and all("center" not in entry for entry in kinds.values())
+    raw = [synthetic_record(i) for i in range(6)]
+    gaps = np.asarray([cf["plausibility_gap"]["ngram"] for r in raw for cf in r["counterfactuals"]], dtype=np.float32).astype(np.float64)
+    expected = adversarial_refine(gaps, [cf["edit"] for r in raw for cf in r["counterfactuals"]], num_bins=3, seed=0)
+    assert sum(entry["kept"] for entry in kinds.values()) == len(expected)
+
+
 def test_refinement_is_atomic_and_idempotent(tmp_path, monkeypatch):
     out = tmp_path / "out"
     write_split(out)

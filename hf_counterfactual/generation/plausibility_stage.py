@@ -328,8 +328,11 @@ def _reliability_centers(true, negatives, owners, item_captions_, kinds, gaps, s
     """Per edit kind, :func:`~.plausibility.reliability_center` of the n-gram gaps ``gaps`` (NaN:
     unscored), its reliability estimated from half-data LMs fitted on the records' own true
     captions (``item_captions_[owners[k]]``: caption and paraphrases), cross-fitted as the stage fits."""
-    ngram = CrossFitNgram(order=int(settings["ngram_order"]), num_folds=max(int(settings["ngram_folds"]), 2),
-                          seed=int(settings["seed"])).fit(item_captions_)
+    num_folds = max(int(settings["ngram_folds"]), 2)
+    if len(item_captions_) < 2 * num_folds:  # below that, some fold has an empty half
+        logger.warning("refinement: %d records are too few to estimate the n-gram's reliability; balanced around 0", len(item_captions_))
+        return {}, {}
+    ngram = CrossFitNgram(order=int(settings["ngram_order"]), num_folds=num_folds, seed=int(settings["seed"])).fit(item_captions_)
     scored = np.flatnonzero(np.isfinite(gaps))
     half_a, half_b = np.full(len(gaps), np.nan), np.full(len(gaps), np.nan)
     if len(scored):
