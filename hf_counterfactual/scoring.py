@@ -9,8 +9,12 @@ scores of a dual encoder; :class:`DualEncoderScorer` scores images against texts
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
-from collections.abc import Iterator, Sequence
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +125,10 @@ class DualEncoderScorer:
     Images are pre-processed in ``torch.utils.data.DataLoader`` workers, ``prefetch_factor`` batches
     ahead of the forward, on the fast image path by default
     (:class:`~hf_counterfactual.image_processing.FastImageTransform`: ``uint8`` to the device,
-    normalised there).
+    normalised there). On the fast path, the pre-processed pixels of stored images are kept in a
+    :class:`PixelCache` (by default :data:`PIXEL_CACHE`, shared by every scorer of the process), so
+    that evaluating the same benchmark again (each evaluation of a training run, each checkpoint of
+    an ablation) decodes and resizes each image once.
 
     Args:
         image_path: ``"fast"`` (default, where the processor allows it; else the processor with a
@@ -131,11 +138,14 @@ class DualEncoderScorer:
             number of batches less one; 0: in this process. Workers are forked where the platform
             can (the images' loader need not be picklable).
         prefetch_factor: batches each worker prepares ahead.
+        pixel_cache: where pre-processed ``uint8`` pixels are kept between calls (:class:`PixelCache`;
+            default the process-wide :data:`PIXEL_CACHE`); ``None``: pre-process every image every call.
     """
 
     def __init__(
         self, model, processor, batch_size: int = 64, device: str | torch.device | None = None, show_progress: bool = True,
         image_path: str = "fast", num_workers: int | None = None, prefetch_factor: int = 2,
+        pixel_cache: PixelCache | None | str = "default",
     ):  # fmt: skip
         self.model = model.eval()
         self.processor = processor
@@ -145,6 +155,7 @@ class DualEncoderScorer:
         self.text_padding = text_padding(model)
         self.image_transform = resolve_image_transform(processor.image_processor, image_path)
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.pixel_cache = PIXEL_CACHE if isinstance(pixel_cache, str) and pixel_cache == "default" else pixel_cache
 
     def _batches(self, items: Sequence, desc: str):
         starts = range(0, len(items), self.batch_size)
@@ -153,11 +164,59 @@ class DualEncoderScorer:
 
     def pixel_batches(self, images: Sequence) -> Iterator[torch.Tensor]:
         """Pre-processed batches of ``images`` (``uint8`` on the fast path, the processor's float32
-        otherwise), from DataLoader workers when there is more than one batch."""
-        loader = image_loader(images, self.image_transform, self.processor.image_processor, self.batch_size,
-                              self._workers(len(images)), self.prefetch_factor, pin_memory=self.device.type == "cuda")  # fmt: skip
+        otherwise), from DataLoader workers when there is more than one batch to compute; on the fast
+        path, images found in :attr:`pixel_cache` are not pre-processed again, and those computed
+        are added to it."""
         batches = -(-len(images) // self.batch_size)
+        keys = self._cache_keys(images)
+        if keys is None:
+            loader = self._loader(images)
+        else:
+            loader = self._cached_batches(images, keys)
         yield from tqdm(loader, total=batches, desc="Encoding images", disable=not self.show_progress or batches < 2)
+
+    def _loader(self, images: Sequence) -> torch.utils.data.DataLoader:
+        return image_loader(images, self.image_transform, self.processor.image_processor, self.batch_size,
+                            self._workers(len(images)), self.prefetch_factor, pin_memory=self.device.type == "cuda")  # fmt: skip
+
+    def _cache_keys(self, images: Sequence) -> list[Hashable | None] | None:
+        """The :class:`PixelCache` key of each image (``None``: not cacheable), or ``None`` where the
+        cache does not apply (no cache, the exact path, images whose stored form is not at hand)."""
+        if self.pixel_cache is None or self.image_transform is None:
+            return None
+        if isinstance(images, (list, tuple)):
+            stored = images.__getitem__
+        elif getattr(images, "load_stored", None) is not None:  # LazyImages: the undecoded images
+            stored = images.stored
+        else:  # reading a lazy sequence here would decode each image twice
+            return None
+        token, keys = self.pixel_cache.token(self.image_transform), []
+        for i in range(len(images)):
+            try:
+                value = stored(i)
+                data = value.get("bytes") if type(value) is dict else None
+                # Undecoded bytes, the common case, keyed here as PixelCache.key would key them.
+                keys.append((token, hashlib.sha1(data, usedforsecurity=False).digest()) if data is not None else self.pixel_cache.key(token, value))
+            except Exception:  # the loader reads it again and raises the error that names it
+                keys.append(None)
+        return keys
+
+    def _cached_batches(self, images: Sequence, keys: list[Hashable | None]) -> Iterator[torch.Tensor]:
+        found = {i: pixels for i, key in enumerate(keys) if key is not None and (pixels := self.pixel_cache.get(key)) is not None}
+        missing = [i for i in range(len(images)) if i not in found]
+        computed = (pixels for batch in (self._loader(_Selection(images, missing)) if missing else ()) for pixels in batch)
+        pin = self.device.type == "cuda"
+        for start in range(0, len(images), self.batch_size):
+            rows = []
+            for i in range(start, min(start + self.batch_size, len(images))):
+                pixels = found.pop(i, None)
+                if pixels is None:
+                    pixels = next(computed)
+                    if keys[i] is not None:
+                        self.pixel_cache.put(keys[i], pixels.clone())
+                rows.append(pixels)
+            batch = torch.stack(rows)
+            yield batch.pin_memory() if pin else batch
 
     def _workers(self, num_images: int) -> int:
         from .training_args import default_num_workers
@@ -184,13 +243,23 @@ class DualEncoderScorer:
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``[len(texts), D]``."""
+        """L2-normalised text embeddings ``[len(texts), D]``. The next batch is tokenised in a
+        thread while the model encodes this one (the tokenizer and the forward both release the GIL),
+        as images are pre-processed in workers beside the forward."""
         chunks = []
-        for chunk in self._batches(texts, "Encoding texts"):
-            encoded = self.processor.tokenizer(list(chunk), padding=self.text_padding, truncation=True, return_tensors="pt").to(self.device)
-            features = self.model.get_text_features(**encoded).pooler_output
-            chunks.append(F.normalize(features.float(), dim=-1))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batches = self._batches(texts, "Encoding texts")
+            upcoming = pool.submit(self._tokenize, next(batches, None))
+            while (encoded := upcoming.result()) is not None:
+                upcoming = pool.submit(self._tokenize, next(batches, None))  # one batch ahead of the forward
+                features = self.model.get_text_features(**encoded.to(self.device)).pooler_output
+                chunks.append(F.normalize(features.float(), dim=-1))
         return torch.cat(chunks)
+
+    def _tokenize(self, texts: Sequence[str] | None):
+        if texts is None:
+            return None
+        return self.processor.tokenizer(list(texts), padding=self.text_padding, truncation=True, return_tensors="pt")
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -208,6 +277,106 @@ class DualEncoderScorer:
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> torch.Tensor:
         """Scores ``[len(images), len(texts)]`` of every image against every text."""
         return self.score_embeddings(self.encode_images(images), self.encode_texts(texts))
+
+
+class PixelCache:
+    """Pre-processed ``uint8`` pixels of stored images, at most ``max_bytes`` of them (the least
+    recently used go first), for :class:`DualEncoderScorer`.
+
+    An image is keyed by the image transform's settings (a
+    :class:`~hf_counterfactual.image_processing.FastImageTransform`, frozen: another processor or
+    size is another key) and by its stored form: a SHA-1 digest of an undecoded image's bytes, or a
+    local file's path, size and modification time. A changed image or transform is therefore a miss,
+    not a stale hit. Decoded (PIL) images are not cached: nothing cheap identifies their pixels.
+    :attr:`hits` and :attr:`misses` count lookups; :attr:`nbytes` is the memory held.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.nbytes = self.hits = self.misses = 0
+
+    @staticmethod
+    def token(transform) -> str:
+        """``transform``'s settings as the string keys start with (computed once per call: a string
+        keeps its hash, a dataclass recomputes it)."""
+        return repr(transform)
+
+    @staticmethod
+    def key(transform, stored) -> Hashable | None:
+        """The key of ``stored`` (an undecoded ``{"bytes", "path"}`` image or a local path) under
+        ``transform`` (or its :meth:`token`), or ``None`` for what is not cached (decoded images,
+        remote paths)."""
+        if not isinstance(transform, str):
+            transform = PixelCache.token(transform)
+        if isinstance(stored, (str, os.PathLike)):
+            stored = {"bytes": None, "path": os.fspath(stored)}
+        if not isinstance(stored, Mapping):
+            return None
+        data, path = stored.get("bytes"), stored.get("path")
+        if data is not None:
+            return transform, hashlib.sha1(data, usedforsecurity=False).digest()
+        if isinstance(path, str) and "://" not in path and "::" not in path:
+            try:
+                status = os.stat(path)
+            except OSError:
+                return None
+            return transform, os.path.abspath(path), status.st_size, status.st_mtime_ns
+        return None
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        """The pixels stored under ``key``, or ``None``."""
+        pixels = self._items.get(key)
+        if pixels is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return pixels
+
+    def put(self, key: Hashable, pixels: torch.Tensor) -> None:
+        """Keeps ``pixels`` (not copied: pass a tensor nothing else writes to) under ``key``, evicting
+        the least recently used past :attr:`max_bytes`; one larger than that is not kept."""
+        size = pixels.numel() * pixels.element_size()
+        if size > self.max_bytes:
+            return
+        previous = self._items.pop(key, None)
+        if previous is not None:
+            self.nbytes -= previous.numel() * previous.element_size()
+        self._items[key] = pixels
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self.nbytes -= evicted.numel() * evicted.element_size()
+
+    def clear(self) -> None:
+        """Empties the cache and resets its counters."""
+        self._items.clear()
+        self.nbytes = self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: The process-wide :class:`PixelCache` every :class:`DualEncoderScorer` uses unless told otherwise (512 MiB).
+PIXEL_CACHE = PixelCache()
+
+
+class _Selection(Sequence):
+    """``images[indices[k]]`` as a sequence (slices included), with the images' ``stored`` form where they have one."""
+
+    def __init__(self, images: Sequence, indices: Sequence[int]):
+        self.images, self.indices = images, list(indices)
+        if getattr(images, "stored", None) is not None:
+            self.stored = lambda k: images.stored(self.indices[k])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.images[i] for i in self.indices[index]]
+        return self.images[self.indices[index]]
 
 
 class _ImageBatches(torch.utils.data.Dataset):

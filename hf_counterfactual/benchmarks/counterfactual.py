@@ -12,6 +12,25 @@ from ..features import COUNTERFACTUAL_FEATURES, InvalidRecordError, defer_image_
 from .core import MatchingBenchmark, MatchingExample
 
 _DIAGONAL = ((True, False), (False, True))
+_BLOCK_ROWS = 32  # rows a Dataset is read by at a time: one slice of 32 costs about what 4 single-row reads do
+
+
+def _row_reader(records: Sequence[Mapping[str, Any]]):
+    """``records[row]``, for rows read mostly in order. A ``datasets.Dataset`` without a format is
+    read :data:`_BLOCK_ROWS` rows at a time (a row read costs ~0.1 ms of ``datasets`` overhead, a
+    slice of 32 about 0.4 ms), the last two blocks kept, as many rows as a 64-row LRU held before."""
+    import datasets
+
+    if not isinstance(records, datasets.Dataset) or records.format.get("type") is not None:
+        return functools.lru_cache(maxsize=64)(records.__getitem__)
+
+    @functools.lru_cache(maxsize=2)
+    def read_block(block: int) -> list[dict]:
+        columns = records[block * _BLOCK_ROWS : (block + 1) * _BLOCK_ROWS]
+        names = list(columns)
+        return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+    return lambda row: read_block(row // _BLOCK_ROWS)[row % _BLOCK_ROWS]
 
 
 def _check_record(record: Any, row: int) -> None:
@@ -54,8 +73,9 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
     """
     records = defer_image_decoding(records)
     examples = []
+    read_row = _row_reader(records)
     for r in range(len(records)):
-        record = records[r]
+        record = read_row(r)
         _check_record(record, r)
         for j, cf in enumerate(record.get("counterfactuals") or []):
             if cf.get("image") is None:
@@ -71,7 +91,7 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
             )
 
     # A benchmark's images are read in order (a record's image, then its edits): one read of a row serves them all.
-    read_row = functools.lru_cache(maxsize=64)(records.__getitem__)
+    read_row = _row_reader(records)
 
     def load(ref) -> Any:
         row, j = ref
