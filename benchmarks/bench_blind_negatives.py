@@ -234,6 +234,35 @@ def run_split(subsets, seed: int, args) -> list[dict]:
     return rows
 
 
+def reliability_curve(subsets, args, fractions=(0.25, 0.5, 1.0)) -> str:
+    """How the pipeline LM's reliability and the refinement's centre change with the captions it is
+    fitted on: every image of ``--data`` as one dataset, subsampled by image (no judge involved)."""
+    captions: dict[str, list[str]] = defaultdict(list)
+    for entries in subsets.values():
+        for e in entries:
+            if e["caption"] not in captions[e["filename"]]:
+                captions[e["filename"]].append(e["caption"])
+    true, negative, kinds, image = rule_pairs(captions, args)
+    kinds, image = np.asarray(kinds, dtype=object), np.asarray(image, dtype=object)
+    shown = sorted(set(kinds.tolist()) - {"position", "order"})
+    lines = ["| images | captions | " + " | ".join(f"{k}: reliability / centre" for k in shown) + " |",
+             "|---|---|" + "---|" * len(shown)]
+    order = np.random.default_rng(args.refine_seed).permutation(sorted(captions))
+    for fraction in fractions:
+        keep = set(order[: int(fraction * len(order))].tolist())
+        rows = np.flatnonzero([name in keep for name in image])
+        gaps, half_a, half_b = pipeline_gaps([true[i] for i in rows], [negative[i] for i in rows], image[rows].tolist(),
+                                             {k: v for k, v in captions.items() if k in keep}, args.order, args.cross_fit,
+                                             args.refine_seed, halves=True)
+        cells = []
+        for kind in shown:
+            of_kind = kinds[rows] == kind
+            center, rho = reliability_center(gaps[of_kind], half_a[of_kind], half_b[of_kind])
+            cells.append("-" if rho is None else f"{rho:.2f} / {center:.3f}")
+        lines.append(f"| {len(keep)} | {sum(len(captions[k]) for k in keep)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder of SugarCrepe annotation JSON files")
@@ -254,10 +283,15 @@ def main(argv=None):
     parser.add_argument("--kinds", default="", help="RuleBasedEditor kinds, comma-separated (default: its default kinds; add order for ARO's shuffles)")
     parser.add_argument("--no_rules", action="store_true", help="skip RuleBasedEditor (no spaCy needed)")
     parser.add_argument("--json", default="", help="also write the rows here")
+    parser.add_argument("--reliability_curve", action="store_true",
+                        help="instead: the pipeline LM's reliability and centre per kind on 1/4, 1/2 and all of the images")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     subsets = load_subsets(args.data)
+    if args.reliability_curve:
+        print(reliability_curve(subsets, args))
+        return None
     rows_per_seed = [run_split(subsets, int(seed), args) for seed in args.seeds.split(",")]
     seconds = time.perf_counter() - start
     print(markdown(rows_per_seed, args, seconds))
