@@ -254,6 +254,11 @@ def test_reliability_centred_refinement(tmp_path):
 
     kept = {(r["caption"], cf["caption"]) for r in load_dataset(str(out))["train"] for cf in r["counterfactuals"]}
     assert kept == {(true[i], negatives[i]) for i in expected}
+    # the card names the centring and gives centre and reliability per kind, rounded
+    from hf_counterfactual.generation.dataset_card import plausibility_lines
+
+    line = next(x for x in plausibility_lines({"plausibility_refine": True}, stats) if "adversarial refinement" in x)
+    assert "reliability-corrected centre" in line and f'"center": {round(center, 3)}' in line and f'"reliability": {round(rho, 3)}' in line
     with pytest.raises(ValueError, match="center"):
         finalize(out, ["train"], refine={"train": {"center": "median"}})
 

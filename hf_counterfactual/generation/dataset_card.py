@@ -65,6 +65,15 @@ def made_with(a: Mapping[str, Any], annotated: bool) -> tuple[list[str], list[st
     return stages, filters
 
 
+def _rounded(value, digits: int = 3):
+    """``value`` with every float rounded, for the card (the stats keep full precision)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
 def plausibility_lines(a: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
     """The card's lines on the text-plausibility stage of a split (none when it did not run), from
     its arguments ``a`` and its merged stats ``s``: the scorers, the filter and its counts per edit
@@ -104,7 +113,7 @@ def plausibility_lines(a: Mapping[str, Any], s: Mapping[str, Any]) -> list[str]:
             f"scorers {', '.join(st['scorers'])}; "
             + ("n-gram gaps balanced around the reliability-corrected centre, so that a held-out blind LM is at chance too"
                if st.get("center", "zero") == "reliability" else "gaps balanced around 0")
-            + f"): per edit kind {json.dumps(refinement['kinds'], sort_keys=True)}; "
+            + f"): per edit kind {json.dumps(_rounded(refinement['kinds']), sort_keys=True)}; "
             f"records left with too few counterfactuals and dropped: {refinement['records_dropped']} of {refinement['num_records_before']}; "
             "the records before refinement load as the `unrefined` configuration"
         )
