@@ -24,7 +24,7 @@ its gaps pick what is kept; the judge never sees half B, so the shares are held 
 the judge`` (balancing on the judge's own gaps) is 50% by construction and is there to show how
 much refinement against the held-out model itself would keep. By default (``--cross_fit 5``) the
 pipeline LM is cross-fitted as the generation stage does it (its own
-:class:`~hf_counterfactual.generation.plausibility_stage.CrossFitNgram`, one item per image):
+:class:`~hf_counterfactual.generation.plausibility.CrossFitNgram`, one item per image):
 each half-B image's pairs are scored by an LM fitted on the other 4 folds of half B's images, so no
 caption is scored by a model that saw it; ``--cross_fit 0`` fits it on all of half B, and then it
 prefers the true captions by memory.
@@ -53,6 +53,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hf_counterfactual.generation.plausibility import (  # noqa: E402
+    CrossFitNgram,
     KneserNeyLM,
     adversarial_refine,
     filter_by_gap,
@@ -60,7 +61,6 @@ from hf_counterfactual.generation.plausibility import (  # noqa: E402
     reliability_center,
     score_gaps,
 )
-from hf_counterfactual.generation.plausibility_stage import CrossFitNgram  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/sugarcrepe-half"
 SUBSET_KIND = {
@@ -105,11 +105,8 @@ def pipeline_gaps(true, negative, image, captions_by_image, order, cross_fit, se
     item = {name: k for k, name in enumerate(images)}
     ngram = CrossFitNgram(order=order, num_folds=cross_fit, seed=seed).fit([captions_by_image[name] for name in images])
     owners = [item[name] for name in image]
-    gaps = ngram.score(true, owners) - ngram.score(negative, owners)
-    if not halves:
-        return gaps
-    (true_a, true_b), (neg_a, neg_b) = ngram.score_halves(true, owners), ngram.score_halves(negative, owners)
-    return gaps, true_a - neg_a, true_b - neg_b
+    gaps = ngram.gaps(true, negative, owners)
+    return (gaps, *ngram.half_gaps(true, negative, owners)) if halves else gaps
 
 
 def evaluate(name, true, negative, kinds, image, judge, captions_b, args) -> list[dict]:
@@ -122,8 +119,8 @@ def evaluate(name, true, negative, kinds, image, judge, captions_b, args) -> lis
                    for o in orders]
     refined = adversarial_refine(refine_gaps, kinds, num_bins=args.num_bins, seed=args.refine_seed)
     # the pipeline's default: the n-gram gaps balanced around their reliability-corrected centre
-    centers = {kind: [reliability_center(own_gap[kinds == kind], half_a[kinds == kind], half_b[kinds == kind])[0]
-                      if o == args.order else 0.0 for o in orders] for kind in set(kinds.tolist())}
+    estimates = {kind: reliability_center(own_gap[kinds == kind], half_a[kinds == kind], half_b[kinds == kind]) for kind in set(kinds.tolist())}
+    centers = {kind: [center if o == args.order else 0.0 for o in orders] for kind, (center, _) in estimates.items()}
     centred = adversarial_refine(refine_gaps, kinds, num_bins=args.num_bins, seed=args.refine_seed, center=centers)
     by_judge = adversarial_refine(judge_gap, kinds, num_bins=args.num_bins, seed=args.refine_seed)
     rows = []
@@ -141,17 +138,15 @@ def evaluate(name, true, negative, kinds, image, judge, captions_b, args) -> lis
             "filtered": share(filtered), "refined": share(refined), "filtered_refined": share(np.intersect1d(filtered, refined)),
             "centred": share(centred), "filtered_centred": share(np.intersect1d(filtered, centred)),
             "refined_by_judge": share(by_judge),
-            "center": centers[kind][0], "reliability": reliability_center(own_gap[members], half_a[members], half_b[members])[1],
+            "center": estimates[kind][0], "reliability": estimates[kind][1],
         })
     return rows
 
 
 def rule_pairs(captions_b: dict[str, list[str]], args):
-    from hf_counterfactual.generation import text_edits
-    from hf_counterfactual.generation.text_edits import RuleBasedEditor
+    from hf_counterfactual.generation.text_edits import DEFAULT_RULE_KINDS, RuleBasedEditor
 
-    default = getattr(text_edits, "DEFAULT_RULE_KINDS", text_edits.RULE_KINDS)  # order: off by default
-    kinds = tuple(args.kinds.split(",")) if args.kinds else default
+    kinds = tuple(args.kinds.split(",")) if args.kinds else DEFAULT_RULE_KINDS  # order: off by default
     editor = RuleBasedEditor(pipeline=args.spacy_pipeline, kinds=kinds, seed=args.editor_seed)
     captions = sorted({c for cs in captions_b.values() for c in cs})
     image_of = {c: im for im, cs in sorted(captions_b.items()) for c in cs}

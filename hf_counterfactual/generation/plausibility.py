@@ -73,6 +73,7 @@ __all__ = [
     "EOS",
     "UNK",
     "CausalLMScorer",
+    "CrossFitNgram",
     "KneserNeyLM",
     "PlausibilityScorer",
     "SequenceClassifierScorer",
@@ -536,24 +537,102 @@ def cross_fit_gaps(
         raise ValueError(f"{n} true captions, {len(negatives)} negatives and {len(groups)} groups: one each per pair")
     if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
         raise ValueError(f"num_folds must be an integer >= 2, got {num_folds!r}")
-    distinct = sorted(set(groups), key=repr)
-    fold_of = dict(zip(distinct, np.random.default_rng(seed).permutation(len(distinct)) % num_folds))
-    fold = np.asarray([fold_of[g] for g in groups], dtype=np.int64)
-    captions_of: dict = {}
+    distinct = sorted(set(groups), key=repr)  # the items of CrossFitNgram, in this order
+    captions_of: dict = {group: {} for group in distinct}
     for caption, group in zip(true_captions, groups):
-        captions_of.setdefault(group, {})[caption] = None
+        captions_of[group][caption] = None
     for group, captions in (extra_captions or {}).items():
-        if group in fold_of:
-            captions_of.setdefault(group, {}).update(dict.fromkeys(captions))
-    gaps = np.zeros(n, dtype=np.float64)
-    for f in range(num_folds):
-        rows = np.flatnonzero(fold == f)
-        if not len(rows):
-            continue
-        train = [c for g in distinct if fold_of[g] != f for c in captions_of.get(g, ())]
-        lm = KneserNeyLM(order=order, discount=discount).fit(train)
-        gaps[rows] = score_gaps(lm, [true_captions[i] for i in rows], [negatives[i] for i in rows])
-    return gaps
+        if group in captions_of:
+            captions_of[group].update(dict.fromkeys(captions))
+    ngram = CrossFitNgram(order=order, num_folds=num_folds, seed=seed, discount=discount).fit([list(captions_of[g]) for g in distinct])
+    item = {group: i for i, group in enumerate(distinct)}
+    return ngram.gaps(true_captions, negatives, [item[g] for g in groups])
+
+
+class CrossFitNgram:
+    """Kneser-Ney n-gram LMs fitted on a dataset's own captions, cross-fitted over folds of its items.
+
+    Item ``i`` is in fold ``permutation[i] % num_folds`` (``numpy.random.default_rng(seed)``
+    permutation of the item indices); its captions are scored by the LM fitted on the distinct
+    captions of every item of the other folds. The folds depend on the number of items and the seed
+    only, so every process, a resumed run and a run with another batch size score alike.
+    ``num_folds=1`` fits one LM on every caption (it then prefers the true captions by memory:
+    use it only to see that effect).
+
+    :meth:`score_halves` scores with two more LMs per fold, each fitted on one half of the other
+    folds' items (item ``i`` in half ``permutation[i] // num_folds % 2``): their agreement is the
+    reliability that :func:`reliability_center` needs.
+    """
+
+    def __init__(self, order: int = 2, num_folds: int = 5, seed: int = 0, discount: float | None = None):
+        if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 1:
+            raise ValueError(f"num_folds must be a positive integer, got {num_folds!r}")
+        self.order, self.num_folds, self.seed, self.discount = order, num_folds, seed, discount
+        self.folds: np.ndarray | None = None
+        self.halves: np.ndarray | None = None
+        self.models: list[KneserNeyLM | None] = []
+        self._captions: Sequence[Sequence[str]] = ()
+        self._half_models: dict[tuple[int, int], KneserNeyLM | None] = {}
+
+    def fit(self, captions_per_item: Sequence[Sequence[str]]) -> "CrossFitNgram":
+        n = len(captions_per_item)
+        if n < (2 if self.num_folds > 1 else 1):
+            raise ValueError(f"cross-fitting the n-gram LM needs at least 2 items, got {n}")
+        permutation = np.random.default_rng(self.seed).permutation(n)
+        self.folds, self.halves = permutation % self.num_folds, permutation // self.num_folds % 2
+        self._captions, self._half_models = captions_per_item, {}
+        self.models = []
+        for f in range(self.num_folds):
+            if self.num_folds > 1 and not np.any(self.folds == f):
+                self.models.append(None)  # an empty fold scores nothing
+                continue
+            self.models.append(self._fit(self.folds != f if self.num_folds > 1 else np.ones(n, dtype=bool)))
+        return self
+
+    def _fit(self, train: np.ndarray) -> KneserNeyLM | None:
+        captions = dict.fromkeys(c for i in np.flatnonzero(train) for c in self._captions[i])
+        return KneserNeyLM(order=self.order, discount=self.discount).fit(list(captions)) if captions else None
+
+    def _score_with(self, model_of, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
+        if self.folds is None:
+            raise RuntimeError("CrossFitNgram is not fitted: call fit(captions_per_item) first")
+        folds = self.folds[np.asarray(items, dtype=np.int64)] if len(items) else np.zeros(0, dtype=np.int64)
+        out = np.full(len(captions), np.nan)
+        for f in np.unique(folds):
+            rows = np.flatnonzero(folds == f)
+            model = model_of(int(f))
+            if model is None:
+                raise ValueError(f"fold {f} has no training captions: give the items captions")
+            out[rows] = model.score([captions[r] for r in rows])
+        return out
+
+    def score(self, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
+        """Mean log-probability per token of ``captions[k]`` under the LM of item ``items[k]``'s fold."""
+        return self._score_with(lambda f: self.models[f], captions, items)
+
+    def score_halves(self, captions: Sequence[str], items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` under the two half-data LMs of each fold (fitted on first use): no caption
+        is scored by an LM that saw it, and the two LMs of a fold share no item."""
+        if self.num_folds < 2:
+            raise ValueError("score_halves needs num_folds >= 2: with one fold every LM saw every caption")
+
+        def model_of(half):
+            def get(f):
+                if (f, half) not in self._half_models:
+                    self._half_models[f, half] = self._fit((self.folds != f) & (self.halves == half))
+                return self._half_models[f, half]
+            return get
+
+        return self._score_with(model_of(0), captions, items), self._score_with(model_of(1), captions, items)
+
+    def gaps(self, true_captions: Sequence[str], negatives: Sequence[str], items: Sequence[int]) -> np.ndarray:
+        """``score(true) - score(negative)`` per pair, pair ``k`` belonging to item ``items[k]``."""
+        return self.score(true_captions, items) - self.score(negatives, items)
+
+    def half_gaps(self, true_captions: Sequence[str], negatives: Sequence[str], items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gaps` under each of the two half-data LMs (:meth:`score_halves`)."""
+        (true_a, true_b), (negative_a, negative_b) = self.score_halves(true_captions, items), self.score_halves(negatives, items)
+        return true_a - negative_a, true_b - negative_b
 
 
 def _as_gap_list(gaps) -> list[np.ndarray]:
@@ -622,7 +701,7 @@ def reliability_center(gaps, half_a, half_b, min_pairs: int = 30) -> tuple[float
         ``center = mu (1 - 1 / rho)``  (below zero when ``mu > 0``).
 
     ``rho`` comes from two scorers fitted on disjoint halves of the scorer's data (``half_a``,
-    ``half_b``: their gaps on the same pairs, e.g. :meth:`~.plausibility_stage.CrossFitNgram.score_halves`):
+    ``half_b``: their gaps on the same pairs, e.g. :meth:`CrossFitNgram.half_gaps`):
     their correlation ``r`` is the reliability of a half-data scorer, and the Spearman-Brown formula
     ``rho = 2 r / (1 + r)`` that of one fitted on both halves (noise variance halves with twice the
     data). ``mu`` is the mean of ``gaps``.

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from .llm import append_json_lines, load_json_lines, model_name_of, prompt_hash
-from .plausibility import KneserNeyLM, adversarial_refine, reliability_center
+from .plausibility import CrossFitNgram, adversarial_refine, reliability_center
 
 logger = logging.getLogger(__name__)
 
@@ -77,83 +77,6 @@ def item_captions(items) -> list[list[str]]:
     if hasattr(items, "all_captions"):
         return items.all_captions()
     return [[c for c in (item.captions or []) if isinstance(c, str) and c.strip()] for item in items]
-
-
-class CrossFitNgram:
-    """Kneser-Ney n-gram LMs fitted on a dataset's own captions, cross-fitted over folds of its items.
-
-    Item ``i`` is in fold ``permutation[i] % num_folds`` (``numpy.random.default_rng(seed)``
-    permutation of the item indices); its captions are scored by the LM fitted on the distinct
-    captions of every item of the other folds. The folds depend on the number of items and the seed
-    only, so every process, a resumed run and a run with another batch size score alike.
-    ``num_folds=1`` fits one LM on every caption (it then prefers the true captions by memory:
-    use it only to see that effect).
-
-    :meth:`score_halves` scores with two more LMs per fold, each fitted on one half of the other
-    folds' items (item ``i`` in half ``permutation[i] // num_folds % 2``): their agreement is the
-    reliability that :func:`~.plausibility.reliability_center` needs.
-    """
-
-    def __init__(self, order: int = 2, num_folds: int = 5, seed: int = 0, discount: float | None = None):
-        if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 1:
-            raise ValueError(f"num_folds must be a positive integer, got {num_folds!r}")
-        self.order, self.num_folds, self.seed, self.discount = order, num_folds, seed, discount
-        self.folds: np.ndarray | None = None
-        self.halves: np.ndarray | None = None
-        self.models: list[KneserNeyLM | None] = []
-        self._captions: Sequence[Sequence[str]] = ()
-        self._half_models: dict[tuple[int, int], KneserNeyLM | None] = {}
-
-    def fit(self, captions_per_item: Sequence[Sequence[str]]) -> "CrossFitNgram":
-        n = len(captions_per_item)
-        if n < (2 if self.num_folds > 1 else 1):
-            raise ValueError(f"cross-fitting the n-gram LM needs at least 2 items, got {n}")
-        permutation = np.random.default_rng(self.seed).permutation(n)
-        self.folds, self.halves = permutation % self.num_folds, permutation // self.num_folds % 2
-        self._captions, self._half_models = captions_per_item, {}
-        self.models = []
-        for f in range(self.num_folds):
-            if self.num_folds > 1 and not np.any(self.folds == f):
-                self.models.append(None)  # an empty fold scores nothing
-                continue
-            self.models.append(self._fit(self.folds != f if self.num_folds > 1 else np.ones(n, dtype=bool)))
-        return self
-
-    def _fit(self, train: np.ndarray) -> KneserNeyLM | None:
-        captions = dict.fromkeys(c for i in np.flatnonzero(train) for c in self._captions[i])
-        return KneserNeyLM(order=self.order, discount=self.discount).fit(list(captions)) if captions else None
-
-    def _score_with(self, model_of, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
-        if self.folds is None:
-            raise RuntimeError("CrossFitNgram is not fitted: call fit(captions_per_item) first")
-        folds = self.folds[np.asarray(items, dtype=np.int64)] if len(items) else np.zeros(0, dtype=np.int64)
-        out = np.full(len(captions), np.nan)
-        for f in np.unique(folds):
-            rows = np.flatnonzero(folds == f)
-            model = model_of(int(f))
-            if model is None:
-                raise ValueError(f"fold {f} has no training captions: give the items captions")
-            out[rows] = model.score([captions[r] for r in rows])
-        return out
-
-    def score(self, captions: Sequence[str], items: Sequence[int]) -> np.ndarray:
-        """Mean log-probability per token of ``captions[k]`` under the LM of item ``items[k]``'s fold."""
-        return self._score_with(lambda f: self.models[f], captions, items)
-
-    def score_halves(self, captions: Sequence[str], items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`score` under the two half-data LMs of each fold (fitted on first use): no caption
-        is scored by an LM that saw it, and the two LMs of a fold share no item."""
-        if self.num_folds < 2:
-            raise ValueError("score_halves needs num_folds >= 2: with one fold every LM saw every caption")
-
-        def model_of(half):
-            def get(f):
-                if (f, half) not in self._half_models:
-                    self._half_models[f, half] = self._fit((self.folds != f) & (self.halves == half))
-                return self._half_models[f, half]
-            return get
-
-        return self._score_with(model_of(0), captions, items), self._score_with(model_of(1), captions, items)
 
 
 class CachedScores:
@@ -336,10 +259,7 @@ def _reliability_centers(true, negatives, owners, item_captions_, kinds, gaps, s
     scored = np.flatnonzero(np.isfinite(gaps))
     half_a, half_b = np.full(len(gaps), np.nan), np.full(len(gaps), np.nan)
     if len(scored):
-        texts = [true[k] for k in scored] + [negatives[k] for k in scored]
-        items = [owners[k] for k in scored] * 2
-        a, b = ngram.score_halves(texts, items)
-        half_a[scored], half_b[scored] = a[: len(scored)] - a[len(scored):], b[: len(scored)] - b[len(scored):]
+        half_a[scored], half_b[scored] = ngram.half_gaps([true[k] for k in scored], [negatives[k] for k in scored], [owners[k] for k in scored])
     centers, reliability = {}, {}
     for kind in sorted(set(kinds[scored].tolist())):
         rows = scored[kinds[scored] == kind]
