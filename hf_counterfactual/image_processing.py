@@ -74,6 +74,12 @@ def _is_pixel_crop(box: tuple[float, float, float, float], width: int, height: i
     return whole and round(right - left) == width and round(bottom - top) == height
 
 
+def is_local_path(path) -> bool:
+    """Whether ``path`` (a stored image's ``path``) names a local file: not a URL or a chained
+    ``fsspec`` path, which only ``datasets``' own reader opens."""
+    return isinstance(path, str) and "://" not in path and "::" not in path
+
+
 def _as_dict(value) -> dict | None:
     if value is None:
         return None
@@ -181,7 +187,7 @@ class FastImageTransform:
             data, path = value.get("bytes"), value.get("path")
             if data is not None:
                 image = Image.open(io.BytesIO(data))
-            elif isinstance(path, str) and "://" not in path and "::" not in path:
+            elif is_local_path(path):
                 image = Image.open(path)
             else:  # a remote path: datasets' own reader
                 from .collator import _DATASETS_IMAGE

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .image_processing import resolve_image_transform
+from .image_processing import is_local_path, resolve_image_transform
 
 
 def similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -193,10 +193,7 @@ class DualEncoderScorer:
         token, keys = self.pixel_cache.token(self.image_transform), []
         for i in range(len(images)):
             try:
-                value = stored(i)
-                data = value.get("bytes") if type(value) is dict else None
-                # Undecoded bytes, the common case, keyed here as PixelCache.key would key them.
-                keys.append((token, hashlib.sha1(data, usedforsecurity=False).digest()) if data is not None else self.pixel_cache.key(token, value))
+                keys.append(self.pixel_cache.key(token, stored(i)))
             except Exception:  # the loader reads it again and raises the error that names it
                 keys.append(None)
         return keys
@@ -316,7 +313,7 @@ class PixelCache:
         data, path = stored.get("bytes"), stored.get("path")
         if data is not None:
             return transform, hashlib.sha1(data, usedforsecurity=False).digest()
-        if isinstance(path, str) and "://" not in path and "::" not in path:
+        if is_local_path(path):
             try:
                 status = os.stat(path)
             except OSError:
