@@ -345,14 +345,12 @@ def check_arguments(args: GenerationArguments) -> GenerationArguments:
             raise UsageError("--no_plausibility_ngram leaves no blind scorer: add --plausibility_causal_lm or --plausibility_classifier")
         if args.plausibility_folds < 1 or args.plausibility_ngram_order < 1 or args.plausibility_num_bins < 1:
             raise UsageError("--plausibility_folds, --plausibility_ngram_order and --plausibility_num_bins must be >= 1")
-        from ..generation.plausibility_stage import REFINE_CENTERS
+        from ..generation.plausibility_stage import REFINE_CENTERS, parse_threshold
 
         if args.plausibility_refine_center not in REFINE_CENTERS:
             raise UsageError(f"--plausibility_refine_center {args.plausibility_refine_center!r}: choose from {', '.join(REFINE_CENTERS)}")
         if args.plausibility_classifier == TINY:
             raise UsageError("--plausibility_classifier has no tiny model: give a checkpoint")
-        from ..generation.plausibility_stage import parse_threshold
-
         try:
             parse_threshold(args.plausibility_threshold)
         except ValueError as err:

@@ -443,10 +443,11 @@ class RuleBasedEditor:
       as a verb are not position words; "on top of" is a relation (-> "under").
     - ``count``: a number word or digit modifying a noun (nummod) is moved by +1 and -1 (not
       below one; one written "a"/"an" where the noun has no other determiner: "two clocks are"
-      -> "a clock is", "the two dogs" -> "the one dog"); "a"/"an" becomes "two" before the caption's first object noun only (the
-      subject, or the first object: never a scene or ground noun such as field, room, street,
-      table, beach, nor after lone / single / only); the head noun is inflected
-      (irregular plurals table, then rules) and, when the noun is the subject, its verb agrees
+      -> "a clock is", "the two dogs" -> "the one dog"); "a"/"an" becomes "two" before the
+      caption's first object noun only (the subject, or the first object: never a scene or
+      ground noun such as field, room, street, table, beach, nor after lone / single / only); the
+      head noun is inflected (irregular plurals table, then rules) and, when the noun is the
+      subject, its verb agrees
       ("a man is riding" -> "two men are riding", "there is a dog" -> "there are two dogs").
     - ``order``: ARO's four word-order shuffles (nouns and adjectives among themselves,
       everything but nouns and adjectives, trigrams, within trigrams) on the caption's
