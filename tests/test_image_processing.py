@@ -309,3 +309,25 @@ def test_bicubic_and_bilinear_resample_with_torch_other_filters_with_pillow(monk
         assert not modes and len(boxes) == 2 and all(box is not None for box in boxes)
     else:
         assert modes == [torch_mode, torch_mode] and not boxes
+
+
+def test_image_pixels_reads_pillows_memory_or_copies_it_and_the_output_is_the_same():
+    from hf_counterfactual.image_processing import image_pixels
+
+    image = photo_like(53, 37)
+    expected = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    shared = image_pixels(image)  # Pillow's own 4-byte pixels, no copy
+    assert shared.shape == (1, 4, 37, 53) and torch.equal(shared[0, :3], expected)
+    assert shared.permute(0, 2, 3, 1).is_contiguous()  # channels-last: torch's vectorised uint8 layout
+    large = Image.new("RGB", (4000, 3000), (10, 20, 30))  # several memory blocks: Pillow cannot export it, so a copy
+    copied = image_pixels(large)
+    assert copied.shape == (1, 3, 3000, 4000) and torch.equal(copied[0, :, -1, -1], torch.tensor([10, 20, 30], dtype=torch.uint8))
+
+
+def test_a_crop_without_resampling_owns_its_memory():
+    """Stored at the resized size, the fast path's output must not be a view of the decoded image's read-only memory."""
+    transform = fast_image_transform(CLIPImageProcessorPil())
+    image = photo_like(298, 224)
+    pixels = transform.load(image)
+    pixels.zero_()  # would write into Pillow's buffer if it were a view
+    assert np.array(image).any() and transform.load(image).any()

@@ -1,6 +1,7 @@
-"""DualEncoderScorer's pixel cache (hf_counterfactual.scoring.PixelCache), its one-batch-ahead
-tokenisation, and the counterfactual benchmark's block reads of a Dataset."""
+"""DualEncoderScorer's pixel and token caches (hf_counterfactual.scoring.PixelCache, TokenCache), its
+length-sorted, one-batch-ahead tokenisation, and the counterfactual benchmark's block reads of a Dataset."""
 
+import copy
 import io
 
 import datasets
@@ -14,7 +15,7 @@ from hf_counterfactual import DualEncoderScorer, evaluate_benchmark
 from hf_counterfactual.benchmarks import LazyImages, counterfactual_records_benchmark
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 from hf_counterfactual.image_processing import FastImageTransform
-from hf_counterfactual.scoring import PixelCache
+from hf_counterfactual.scoring import PixelCache, TokenCache
 
 
 def png(seed: int, width: int = 48, height: int = 40) -> dict:
@@ -119,15 +120,81 @@ def test_the_cache_is_bounded_least_recently_used_first_out():
     assert len(cache) == 0 and cache.nbytes == cache.hits == cache.misses == 0
 
 
-def test_texts_tokenised_a_batch_ahead_give_the_same_embeddings():
-    model, processor, _ = get_dummy_components()
-    texts = [f"a {colour} cube left of a sphere" for colour in ("red", "blue", "green", "yellow", "purple", "red big", "blue small")]
-    got = DualEncoderScorer(model, processor, batch_size=3, show_progress=False).encode_texts(texts)
+TEXTS = ["a big red cube left of a small blue sphere", "a red cube", "a blue cube left of a sphere", "a cube",
+         "a green sphere above a red cube", "a yellow cube left of a sphere", "two spheres"]  # fmt: skip
+
+
+def one_by_one(model, processor, texts) -> torch.Tensor:
+    """Each text encoded alone, unpadded: the reference."""
     with torch.no_grad():
-        encoded = processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        expected = torch.nn.functional.normalize(model.get_text_features(**encoded).pooler_output, dim=-1)
-    assert got.shape == (7, expected.shape[1])
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)  # padding to each batch's longest leaves CLIP's pooled output unchanged
+        rows = [model.get_text_features(**processor.tokenizer([text], truncation=True, return_tensors="pt")).pooler_output for text in texts]
+    return torch.nn.functional.normalize(torch.cat(rows), dim=-1)
+
+
+def test_texts_batched_by_length_and_tokenised_a_batch_ahead_come_back_in_their_order():
+    model, processor, _ = get_dummy_components()
+    scorer = DualEncoderScorer(model, processor, batch_size=3, show_progress=False, token_cache=None)
+    assert [len(TEXTS[i]) for i in sorted(range(7), key=lambda i: len(TEXTS[i]))] != [len(t) for t in TEXTS]  # the sort reorders
+    got = scorer.encode_texts(TEXTS)
+    assert got.shape[0] == 7
+    torch.testing.assert_close(got, one_by_one(model, processor, TEXTS), rtol=0, atol=1e-5)  # padding leaves CLIP's pooled output unchanged
+    torch.testing.assert_close(scorer.encode_texts(TEXTS[::-1]), got.flip(0), rtol=0, atol=1e-5)
+
+
+def counting_tokenizer(monkeypatch, tokenizer) -> list:
+    calls = []
+    original = type(tokenizer).__call__
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, texts, **kw: calls.append(list(texts)) or original(self, texts, **kw))
+    return calls
+
+
+def test_a_repeated_call_tokenises_nothing_and_gives_the_same_embeddings(monkeypatch):
+    model, processor, _ = get_dummy_components()
+    cache = TokenCache()
+    calls = counting_tokenizer(monkeypatch, processor.tokenizer)
+    first = scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)
+    assert len(calls) == 2 and len(cache) == 2 and (cache.hits, cache.misses) == (0, 2)  # batches of 4: 4 + 3
+    second = scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)  # another scorer, the same cache
+    assert len(calls) == 2 and cache.hits == 2
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    scorer(model, processor, None, token_cache=None).encode_texts(TEXTS)
+    assert len(calls) == 4 and cache.hits == 2  # no cache: tokenised again, the cache untouched
+    assert DualEncoderScorer(model, processor).token_cache is not None  # the process-wide one by default
+
+
+@pytest.mark.parametrize("change", ["add_tokens", "pad_token", "padding_side", "model_max_length", "another_object"])
+def test_a_changed_or_another_tokenizer_is_a_miss_not_a_stale_hit(change):
+    model, processor, _ = get_dummy_components()
+    tokenizer, cache = processor.tokenizer, TokenCache()
+    scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)
+    before = TokenCache.signature(tokenizer)
+    assert before is not None and TokenCache.signature(tokenizer) == before
+    if change == "add_tokens":
+        tokenizer.add_tokens(["zzz"])
+    elif change == "pad_token":
+        tokenizer.pad_token = tokenizer.eos_token
+    elif change == "padding_side":
+        tokenizer.padding_side = "left"
+    elif change == "model_max_length":
+        tokenizer.model_max_length = 4
+    else:
+        tokenizer = copy.deepcopy(tokenizer)
+    assert TokenCache.signature(tokenizer) != before
+    if change == "model_max_length":  # and the scorer's output follows, from the same cache: texts truncated to 4 tokens
+        got = scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)
+        assert (cache.hits, cache.misses) == (0, 4)
+        torch.testing.assert_close(got, one_by_one(model, processor, TEXTS), rtol=0, atol=1e-5)
+        assert processor.tokenizer(TEXTS[0], truncation=True, return_tensors="pt")["input_ids"].shape[1] == 4
+
+
+def test_the_token_cache_is_bounded_least_recently_used_first_out():
+    cache = TokenCache(max_entries=2)
+    cache.put("a", 1), cache.put("b", 2)
+    assert cache.get("a") == 1  # now the most recently used
+    cache.put("c", 3)
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.hits == cache.misses == 0
 
 
 def test_a_benchmark_reads_a_dataset_in_blocks_and_gives_every_row(tmp_path):
