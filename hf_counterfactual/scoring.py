@@ -382,23 +382,24 @@ PIXEL_CACHE = PixelCache()
 
 
 class TokenCache:
-    """Tokenised text batches (``BatchEncoding`` of CPU tensors), at most ``max_entries`` of them (the
+    """Tokenised text batches (``BatchEncoding`` of CPU tensors), at most ``max_bytes`` of them (the
     least recently used go first), for :class:`DualEncoderScorer`: a repeated evaluation tokenises
     nothing, as :class:`PixelCache` spares it the images.
 
-    A batch is keyed by its texts, the padding and the tokenizer's :meth:`signature`: its class, name,
-    length (added tokens), special tokens and pad token, padding and truncation sides, maximum length,
-    and its Rust backend's vocabulary size, normaliser, pre-tokeniser and post-processor. A tokenizer
-    changed in any of these ways (``add_tokens``, a new pad token, ...) is a miss, not a stale hit.
-    What the signature does not read, the backend's vocabulary model, is fixed once a tokenizer is
-    loaded unless it is replaced by hand; call :meth:`clear` after doing that. A tokenizer without a
-    Rust backend is not cached. :attr:`hits` and :attr:`misses` count lookups.
+    A batch is keyed by its texts, the padding and the tokenizer's :meth:`signature`: the tokenizer
+    object, its class, name, length (added tokens), special tokens and pad token, padding and
+    truncation sides, maximum length, and its Rust backend's vocabulary size, normaliser,
+    pre-tokeniser and post-processor. A tokenizer changed in any of these ways (``add_tokens``, a new
+    pad token, ...) is a miss, not a stale hit. What the signature does not read, the backend's
+    vocabulary model, is fixed once a tokenizer is loaded unless it is replaced by hand; call
+    :meth:`clear` after doing that. A tokenizer without a Rust backend is not cached. :attr:`hits`
+    and :attr:`misses` count lookups; :attr:`nbytes` is the memory held.
     """
 
-    def __init__(self, max_entries: int = 4096):
-        self.max_entries = max_entries
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self.hits = self.misses = 0
+    def __init__(self, max_bytes: int = 64 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self.nbytes = self.hits = self.misses = 0
 
     @staticmethod
     def signature(tokenizer) -> Hashable | None:
@@ -417,31 +418,39 @@ class TokenCache:
 
     def get(self, key: Hashable):
         """The batch stored under ``key``, or ``None``."""
-        encoded = self._items.get(key)
-        if encoded is None:
+        item = self._items.get(key)
+        if item is None:
             self.misses += 1
             return None
         self._items.move_to_end(key)
         self.hits += 1
-        return encoded
+        return item[0]
 
-    def put(self, key: Hashable, encoded) -> None:
-        """Keeps ``encoded`` under ``key``, evicting the least recently used past :attr:`max_entries`."""
-        self._items[key] = encoded
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+    def put(self, key: Hashable, encoded: Mapping[str, torch.Tensor]) -> None:
+        """Keeps ``encoded`` (a mapping of tensors) under ``key``, evicting the least recently used past
+        :attr:`max_bytes`; one larger than that is not kept."""
+        size = sum(value.numel() * value.element_size() for value in encoded.values() if isinstance(value, torch.Tensor))
+        if size > self.max_bytes:
+            return
+        previous = self._items.pop(key, None)
+        if previous is not None:
+            self.nbytes -= previous[1]
+        self._items[key] = (encoded, size)
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.nbytes -= evicted
 
     def clear(self) -> None:
         """Empties the cache and resets its counters."""
         self._items.clear()
-        self.hits = self.misses = 0
+        self.nbytes = self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
 
-#: The process-wide :class:`TokenCache` every :class:`DualEncoderScorer` uses unless told otherwise.
+#: The process-wide :class:`TokenCache` every :class:`DualEncoderScorer` uses unless told otherwise (64 MiB).
 TOKEN_CACHE = TokenCache()
 
 

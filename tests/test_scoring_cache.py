@@ -188,13 +188,16 @@ def test_a_changed_or_another_tokenizer_is_a_miss_not_a_stale_hit(change):
 
 
 def test_the_token_cache_is_bounded_least_recently_used_first_out():
-    cache = TokenCache(max_entries=2)
-    cache.put("a", 1), cache.put("b", 2)
-    assert cache.get("a") == 1  # now the most recently used
-    cache.put("c", 3)
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3 and len(cache) == 2
+    cache = TokenCache(max_bytes=2 * 80)
+    batch = {name: {"input_ids": torch.zeros(5, dtype=torch.long), "attention_mask": torch.ones(5, dtype=torch.long)} for name in "abc"}
+    cache.put("a", batch["a"]), cache.put("b", batch["b"])
+    assert cache.nbytes == 160 and cache.get("a") is batch["a"]  # now the most recently used
+    cache.put("c", batch["c"])
+    assert cache.get("b") is None and cache.get("a") is batch["a"] and cache.get("c") is batch["c"] and len(cache) == 2
+    cache.put("too big", {"input_ids": torch.zeros(21, dtype=torch.long)})
+    assert cache.get("too big") is None and cache.nbytes == 160
     cache.clear()
-    assert len(cache) == 0 and cache.hits == cache.misses == 0
+    assert len(cache) == 0 and cache.nbytes == cache.hits == cache.misses == 0
 
 
 def test_a_benchmark_reads_a_dataset_in_blocks_and_gives_every_row(tmp_path):
