@@ -256,18 +256,20 @@ class FastImageTransform:
 
     def _torch_resize(self, image: Image.Image, height: int, width: int, scale: float, mode: str) -> torch.Tensor | None:
         """The crop of ``image`` (RGB, ``scale`` times the ``height`` x ``width`` image) resized as the
-        processor resizes, by ``F.interpolate(antialias=True)`` on ``uint8``; ``None`` where it cannot."""
+        processor resizes, by ``F.interpolate(antialias=True)`` on ``uint8``; ``None`` where it cannot,
+        or need not (no resampling)."""
         new_h, new_w = self.resized_size(height, width)
+        region_h, region_w = height * scale, width * scale  # the whole image in the (draft) image's pixels
+        whole = abs(region_h - image.height) < 1e-6 and abs(region_w - image.width) < 1e-6
+        if whole and (image.height, image.width) == (new_h, new_w):
+            # Stored at the resized size: Pillow's crop, whose HWC copy is 4x cheaper than torch's
+            # strided copy out of the 4-byte pixels.
+            return None
         # Channels-last memory (torch's vectorised uint8 layout), RGB plus Pillow's padding byte: the
         # kernel resamples 4 channels as fast as 3, and the 4th is dropped from the small output.
         pixels = image_pixels(image)
-        region_h, region_w = height * scale, width * scale  # the whole image in the (draft) image's pixels
-        resampled = True
-        if abs(region_h - image.height) < 1e-6 and abs(region_w - image.width) < 1e-6:
-            if (image.height, image.width) == (new_h, new_w):  # stored at the resized size: a crop
-                resampled = False
-            else:
-                pixels = F.interpolate(pixels, size=(new_h, new_w), mode=mode, antialias=True)
+        if whole:
+            pixels = F.interpolate(pixels, size=(new_h, new_w), mode=mode, antialias=True)
         else:
             # A draft decode of a size the DCT scale does not divide: its last row or column holds a
             # partial block. Map coordinates with the true scale (as resize(box=...) would), not the
@@ -278,8 +280,7 @@ class FastImageTransform:
             pixels = F.interpolate(pixels, scale_factor=factors, mode=mode, antialias=True, recompute_scale_factor=False)
         top, left = self.crop_offset(new_h, new_w)
         out_h, out_w = self.output_size()
-        crop = pixels[0, :3, top : top + out_h, left : left + out_w]
-        return crop if resampled else crop.clone()  # a copy of the image's own (read-only) memory
+        return pixels[0, :3, top : top + out_h, left : left + out_w]  # of interpolate's new memory
 
     def load(self, value: Any) -> torch.Tensor:
         """``uint8`` ``[3, H, W]`` of a PIL image, an undecoded ``{"bytes", "path"}`` dict or a path."""
