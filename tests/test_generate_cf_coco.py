@@ -1,5 +1,7 @@
 """``hf-cf generate`` (hf_counterfactual.commands.generate) on a COCO-format fixture: records, skips, load_dataset, one training step."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -314,26 +316,29 @@ def test_dataset_name_reads_what_hf_cf_train_reads(tmp_path):
 
 def test_images_stored_pre_resized_for_the_fast_image_path(coco, tmp_path):
     """--image_short_side: every stored image (factual, flipped, inpainted) is a JPEG with that short
-    side (never enlarged), the flip still mirrors its factual image, and the card says so."""
+    side (never enlarged), at --image_quality, the flip still mirrors its factual image, and the card says so."""
     from datasets import load_dataset
 
     out = tmp_path / "cf-coco"
     generate.main(
         ["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),
-         "--edits", "attribute,object,position,count", "--image_short_side", "48", *TINY_MODELS]
+         "--edits", "attribute,object,position,count", "--image_short_side", "48", "--image_quality", "80", *TINY_MODELS]
     )  # fmt: skip
+    reference = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(reference, format="JPEG", quality=80)
+    quality_80 = Image.open(reference).quantization  # the quantisation tables quality 80 writes
     records = load_dataset(str(out))["val"]
     sizes = set()
     for record in records:
         images = [record["image"], *(cf["image"] for cf in record["counterfactuals"] if cf["image"] is not None)]
-        assert all(image.format == "JPEG" and image.size == record["image"].size for image in images)
+        assert all(image.format == "JPEG" and image.size == record["image"].size and image.quantization == quality_80 for image in images)
         sizes.add(min(record["image"].size))
         flip = next((cf for cf in record["counterfactuals"] if cf["source"] == "flip"), None)
         if flip is not None:  # mirrored, up to JPEG rounding
             difference = np.abs(np.asarray(flip["image"], dtype=float) - np.asarray(record["image"], dtype=float)[:, ::-1])
             assert difference.mean() < 3
     assert sizes == {48}
-    assert "images stored pre-resized: short side at most 48 px" in (out / "README.md").read_text()
+    assert "images stored pre-resized: short side at most 48 px, JPEG quality 80" in (out / "README.md").read_text()
     # Another size into the same folder is other settings: refused, naming the field.
     with pytest.raises(Exception, match="image_short_side"):
         generate.main(["--coco_root", str(coco), "--split", "val", "--output_dir", str(out), "--spacy_pipeline", english_pipeline(),

@@ -291,6 +291,10 @@ def test_resize_for_storage_scales_the_short_side_down_never_up():
     assert load_image(resize_for_storage(photo_like(20, 31), 48), "test").size == (20, 31)
     with pytest.raises(ValueError, match="short_side"):
         resize_for_storage(photo_like(20, 31), 0)
+    with pytest.raises(ValueError, match="quality"):
+        resize_for_storage(photo_like(20, 31), 16, quality=0)
+    sizes = [len(resize_for_storage(photo_like(300, 200), 100, quality)["bytes"]) for quality in (50, 90, 95)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]  # the quality asked for, not a fixed one
 
 
 @pytest.mark.parametrize("resample, torch_mode", [(Image.Resampling.BICUBIC, "bicubic"), (Image.Resampling.BILINEAR, "bilinear"),

@@ -64,6 +64,7 @@ from ..generation import (
 from ..generation.dataset_card import generation_card
 from ..generation.inputs import DatasetItems, InputError, read_coco
 from ..generation.writer import PROGRESS_DIR
+from ..image_processing import STORAGE_JPEG_QUALITY
 from ..model_card import hub_id
 from .arguments import UsageError, parse_arguments
 from .checks import TINY, check_pretrained, check_spacy_pipeline
@@ -109,9 +110,13 @@ class GenerationArguments:
         default=None,
         metadata={
             "help": "Store every image (factual and edited) with its short side scaled down to this many pixels, as JPEG "
-            "(quality 95), after the filters: at the target model's own short side (224 for CLIP ViT-B/32, 336 for "
-            "LLaVA-1.5) training crops without resampling (about 3x the pre-processing speed). Default: as generated."
+            "(--image_quality), after the filters: at the target model's own short side (224 for CLIP ViT-B/32, 336 for "
+            "LLaVA-1.5) training crops without resampling (about 2.5x the pre-processing speed). Default: as generated."
         },
+    )
+    image_quality: int = field(
+        default=STORAGE_JPEG_QUALITY,
+        metadata={"help": "JPEG quality of the images --image_short_side stores (90: decodes ~20% faster than 95)."},
     )
     num_inference_steps: int = field(default=30, metadata={"help": "Diffusion steps per inpainting."})
     guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale."})
@@ -288,6 +293,7 @@ def build_generator(args: GenerationArguments, device, items=None) -> Counterfac
         min_counterfactuals=args.min_counterfactuals,
         max_counterfactuals=args.max_counterfactuals,
         image_short_side=args.image_short_side,
+        image_quality=args.image_quality,
         seed=args.seed,
         plausibility=build_plausibility(args, device, items, cache_dir) if plausibility_on(args) else None,
     )
@@ -340,6 +346,8 @@ def check_arguments(args: GenerationArguments) -> GenerationArguments:
         raise UsageError(f"--preview {args.preview}: give a number of records >= 0")
     if args.image_short_side is not None and args.image_short_side < 1:
         raise UsageError(f"--image_short_side {args.image_short_side}: give a size in pixels >= 1")
+    if not 1 <= args.image_quality <= 100:
+        raise UsageError(f"--image_quality {args.image_quality}: give a JPEG quality in 1..100")
     if plausibility_on(args):
         if not (args.plausibility_ngram or args.plausibility_causal_lm or args.plausibility_classifier):
             raise UsageError("--no_plausibility_ngram leaves no blind scorer: add --plausibility_causal_lm or --plausibility_classifier")

@@ -59,7 +59,7 @@ def made_with(a: Mapping[str, Any], annotated: bool) -> tuple[list[str], list[st
     if a.get("paraphrase_model"):
         stages.append(f"paraphrases by {a['paraphrase_model']} for images with fewer than {a['min_paraphrases']} other captions")
     if a.get("image_short_side"):
-        stages.append(f"images stored pre-resized: short side at most {a['image_short_side']} px, JPEG quality {STORAGE_JPEG_QUALITY} (after the filters)")
+        stages.append(f"images stored pre-resized: short side at most {a['image_short_side']} px, JPEG quality {a.get('image_quality', STORAGE_JPEG_QUALITY)} (after the filters)")
     filters = [f"pixel change inside the mask >= {a['min_pixel_change']}, outside <= {a['max_outside_change']}"] if a.get("inpainting_model") else []
     if a.get("clip_filter_model"):
         margin = f", beating the original caption by {a['clip_margin']}" if a.get("clip_margin") is not None else ""

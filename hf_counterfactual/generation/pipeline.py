@@ -49,7 +49,7 @@ from PIL import Image
 
 from ..collator import to_rgb
 from ..features import normalize_caption
-from ..image_processing import resize_for_storage
+from ..image_processing import STORAGE_JPEG_QUALITY, resize_for_storage
 from .filters import ImageTextMatchFilter, PixelChangeFilter, pixel_change
 from .image_edits import InpaintingEditor, box_mask, count_edit_masks, flip_counterfactual
 from .text_edits import _NUMBERS, TextEdit, indefinite_article, pluralize
@@ -226,6 +226,7 @@ class CounterfactualGenerator:
         seed: int = 0,
         plausibility=None,
         image_short_side: int | None = None,
+        image_quality: int = STORAGE_JPEG_QUALITY,
     ):
         unknown = sorted(set(image_edit_kinds) - set(IMAGE_EDIT_KINDS))
         if unknown:
@@ -241,7 +242,7 @@ class CounterfactualGenerator:
         self.pixel_filter = pixel_filter
         self.match_filter = match_filter
         # Records store their images at this short side (JPEG), for the fast image path; None: as they are.
-        self.image_short_side = image_short_side
+        self.image_short_side, self.image_quality = image_short_side, image_quality
         self.remove_prompt = remove_prompt
         self.min_counterfactuals = min_counterfactuals
         self.max_counterfactuals = max_counterfactuals
@@ -509,8 +510,9 @@ class CounterfactualGenerator:
             return SkipRecord(reason, counts=counts)
         kept = kept[: self.max_counterfactuals]
         if self.image_short_side is not None:  # after the filters, which judged the full-size edits
-            image = resize_for_storage(image, self.image_short_side)
-            kept = [{**cf, "image": resize_for_storage(cf["image"], self.image_short_side)} if cf["image"] is not None else cf for cf in kept]
+            image = resize_for_storage(image, self.image_short_side, self.image_quality)
+            kept = [{**cf, "image": resize_for_storage(cf["image"], self.image_short_side, self.image_quality)} if cf["image"] is not None else cf
+                    for cf in kept]  # fmt: skip
         record = {"image": image, "caption": caption, "paraphrases": paraphrases, "counterfactuals": kept}
         return GeneratedRecord(record, counts)
 
