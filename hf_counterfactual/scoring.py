@@ -298,7 +298,56 @@ class DualEncoderScorer:
         return self.score_embeddings(self.encode_images(images), self.encode_texts(texts))
 
 
-class PixelCache:
+class _BoundedCache:
+    """Values under keys, at most ``max_bytes`` of them (the least recently used go first): what
+    :class:`PixelCache` and :class:`TokenCache` share. :attr:`hits` and :attr:`misses` count lookups;
+    :attr:`nbytes` is the memory held."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()  # key -> (value, its bytes)
+        self.nbytes = self.hits = self.misses = 0
+
+    @staticmethod
+    def size_of(value) -> int:
+        """The bytes ``value`` holds."""
+        raise NotImplementedError
+
+    def get(self, key: Hashable):
+        """The value stored under ``key``, or ``None``."""
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return item[0]
+
+    def put(self, key: Hashable, value) -> None:
+        """Keeps ``value`` (not copied: pass what nothing else writes to) under ``key``, evicting the
+        least recently used past :attr:`max_bytes`; one larger than that is not kept."""
+        size = self.size_of(value)
+        if size > self.max_bytes:
+            return
+        previous = self._items.pop(key, None)
+        if previous is not None:
+            self.nbytes -= previous[1]
+        self._items[key] = (value, size)
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.nbytes -= evicted
+
+    def clear(self) -> None:
+        """Empties the cache and resets its counters."""
+        self._items.clear()
+        self.nbytes = self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PixelCache(_BoundedCache):
     """Pre-processed ``uint8`` pixels of stored images, at most ``max_bytes`` of them (the least
     recently used go first), for :class:`DualEncoderScorer`.
 
@@ -306,15 +355,18 @@ class PixelCache:
     :class:`~hf_counterfactual.image_processing.FastImageTransform`, frozen: another processor or
     size is another key) and by its stored form: a 128-bit XXH3 digest of an undecoded image's bytes
     (``xxhash``, which ``datasets`` fingerprints with: 5 us for a 150 KB JPEG, against SHA-1's 160 us,
-    as long as the pre-processing a warm evaluation skips is ~20x that), or a local file's path, size
-    and modification time. A changed image or transform is therefore a miss, not a stale hit. Decoded (PIL) images are not cached: nothing cheap identifies their pixels.
-    :attr:`hits` and :attr:`misses` count lookups; :attr:`nbytes` is the memory held.
+    a tenth of the pre-processing a warm evaluation skips), or a local file's path, size and
+    modification time. A changed image or transform is therefore a miss, not a stale hit. Decoded
+    (PIL) images are not cached: nothing cheap identifies their pixels. :attr:`hits` and
+    :attr:`misses` count lookups; :attr:`nbytes` is the memory held.
     """
 
     def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self.nbytes = self.hits = self.misses = 0
+        super().__init__(max_bytes)
+
+    @staticmethod
+    def size_of(pixels: torch.Tensor) -> int:
+        return pixels.numel() * pixels.element_size()
 
     @staticmethod
     def token(transform) -> str:
@@ -344,45 +396,12 @@ class PixelCache:
             return transform, os.path.abspath(path), status.st_size, status.st_mtime_ns
         return None
 
-    def get(self, key: Hashable) -> torch.Tensor | None:
-        """The pixels stored under ``key``, or ``None``."""
-        pixels = self._items.get(key)
-        if pixels is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return pixels
-
-    def put(self, key: Hashable, pixels: torch.Tensor) -> None:
-        """Keeps ``pixels`` (not copied: pass a tensor nothing else writes to) under ``key``, evicting
-        the least recently used past :attr:`max_bytes`; one larger than that is not kept."""
-        size = pixels.numel() * pixels.element_size()
-        if size > self.max_bytes:
-            return
-        previous = self._items.pop(key, None)
-        if previous is not None:
-            self.nbytes -= previous.numel() * previous.element_size()
-        self._items[key] = pixels
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self.nbytes -= evicted.numel() * evicted.element_size()
-
-    def clear(self) -> None:
-        """Empties the cache and resets its counters."""
-        self._items.clear()
-        self.nbytes = self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 #: The process-wide :class:`PixelCache` every :class:`DualEncoderScorer` uses unless told otherwise (512 MiB).
 PIXEL_CACHE = PixelCache()
 
 
-class TokenCache:
+class TokenCache(_BoundedCache):
     """Tokenised text batches (``BatchEncoding`` of CPU tensors), at most ``max_bytes`` of them (the
     least recently used go first), for :class:`DualEncoderScorer`: a repeated evaluation tokenises
     nothing, as :class:`PixelCache` spares it the images.
@@ -398,9 +417,11 @@ class TokenCache:
     """
 
     def __init__(self, max_bytes: int = 64 * 2**20):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
-        self.nbytes = self.hits = self.misses = 0
+        super().__init__(max_bytes)
+
+    @staticmethod
+    def size_of(encoded: Mapping[str, torch.Tensor]) -> int:
+        return sum(value.numel() * value.element_size() for value in encoded.values() if isinstance(value, torch.Tensor))
 
     @staticmethod
     def signature(tokenizer) -> Hashable | None:
@@ -416,39 +437,6 @@ class TokenCache:
         return (weakref.ref(tokenizer), id(backend), type(tokenizer).__qualname__, tokenizer.name_or_path, len(tokenizer),
                 tokenizer.pad_token_id, tuple(tokenizer.all_special_ids), tokenizer.padding_side, tokenizer.truncation_side,
                 tokenizer.model_max_length, backend.get_vocab_size(with_added_tokens=True), parts)  # fmt: skip
-
-    def get(self, key: Hashable):
-        """The batch stored under ``key``, or ``None``."""
-        item = self._items.get(key)
-        if item is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return item[0]
-
-    def put(self, key: Hashable, encoded: Mapping[str, torch.Tensor]) -> None:
-        """Keeps ``encoded`` (a mapping of tensors) under ``key``, evicting the least recently used past
-        :attr:`max_bytes`; one larger than that is not kept."""
-        size = sum(value.numel() * value.element_size() for value in encoded.values() if isinstance(value, torch.Tensor))
-        if size > self.max_bytes:
-            return
-        previous = self._items.pop(key, None)
-        if previous is not None:
-            self.nbytes -= previous[1]
-        self._items[key] = (encoded, size)
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.nbytes -= evicted
-
-    def clear(self) -> None:
-        """Empties the cache and resets its counters."""
-        self._items.clear()
-        self.nbytes = self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 #: The process-wide :class:`TokenCache` every :class:`DualEncoderScorer` uses unless told otherwise (64 MiB).
