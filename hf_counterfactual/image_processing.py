@@ -307,13 +307,16 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
     try:
         exported = pyarrow.array(image)  # fixed_size_list<uint8>[4]; raises for images in several blocks
         memory = exported.values.to_numpy(zero_copy_only=True)
-        # Read-only: nothing writes to it (the result is resampled into new memory, or cloned).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            pixels = torch.from_numpy(memory)
-        return pixels.view(1, image.height, image.width, 4).permute(0, 3, 1, 2)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError):  # ArrowInvalid is a ValueError
+        memory = None
+    channels = None if memory is None or memory.dtype != np.uint8 else memory.size // max(image.height * image.width, 1)
+    if channels not in (3, 4) or memory.size != channels * image.height * image.width:
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    # Read-only memory: nothing writes to it (the fast path resamples it into new memory).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's warning about a non-writable array
+        pixels = torch.from_numpy(memory)
+    return pixels.view(1, image.height, image.width, channels).permute(0, 3, 1, 2)
 
 
 def normalize_pixel_values(pixel_values: torch.Tensor, rescale_factor: float, mean, std) -> torch.Tensor:
