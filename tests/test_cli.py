@@ -191,6 +191,14 @@ def test_help_shows_the_defaults_of_a_real_checkpoint(capsys):
     assert "(default: 0.001)" not in text.split("--learning_rate LEARNING_RATE")[1].split("--")[0]
 
 
+@pytest.mark.parametrize("command", ["generate", "train", "evaluate"])
+def test_every_commands_help_prints(command, capsys):
+    """argparse formats each help with %: a stray percent sign in one breaks the whole --help."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--" in capsys.readouterr().out
+
+
 def test_evaluate_scores_a_saved_siglip(tmp_path):
     from hf_counterfactual.tiny_models import build_tiny_siglip
 
