@@ -73,6 +73,8 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
     """
     records = defer_image_decoding(records)
     examples = []
+    # Rows are read in order, here and by a scorer (a record's image, then its edits): one read of a
+    # row serves them all.
     read_row = _row_reader(records)
     for r in range(len(records)):
         record = read_row(r)
@@ -89,9 +91,6 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
                     subset=cf["edit"],
                 )
             )
-
-    # A benchmark's images are read in order (a record's image, then its edits): one read of a row serves them all.
-    read_row = _row_reader(records)
 
     def load(ref) -> Any:
         row, j = ref
