@@ -90,6 +90,16 @@ def split_images(subsets, seed: int) -> set[str]:
     return {files[i] for i in order[: len(files) // 2]}
 
 
+def captions_by_image(subsets, excluded=frozenset()) -> dict[str, list[str]]:
+    """Each image's distinct true captions, in file order, for every image not in ``excluded``."""
+    captions: dict[str, list[str]] = defaultdict(list)
+    for entries in subsets.values():
+        for e in entries:
+            if e["filename"] not in excluded and e["caption"] not in captions[e["filename"]]:
+                captions[e["filename"]].append(e["caption"])
+    return captions
+
+
 def pipeline_gaps(true, negative, image, captions_by_image, order, cross_fit, seed, halves=False):
     """Gaps of the pipeline LM: fitted on all of ``captions_by_image`` (the dataset's own true
     captions; ``cross_fit`` 0 or 1), or cross-fitted over ``cross_fit`` folds of its images with
@@ -209,11 +219,7 @@ def run_split(subsets, seed: int, args) -> list[dict]:
     args = argparse.Namespace(**{**vars(args), "seed": seed})
     half_a = split_images(subsets, seed)
     captions_a = sorted({e["caption"] for entries in subsets.values() for e in entries if e["filename"] in half_a})
-    captions_b: dict[str, list[str]] = defaultdict(list)
-    for entries in subsets.values():
-        for e in entries:
-            if e["filename"] not in half_a and e["caption"] not in captions_b[e["filename"]]:
-                captions_b[e["filename"]].append(e["caption"])
+    captions_b = captions_by_image(subsets, excluded=half_a)
     judge = KneserNeyLM(order=args.judge_order or args.order).fit(captions_a)
     print(f"split {seed}: images: {len(half_a)} in half A, {len(captions_b)} in half B; judge fitted on {len(captions_a)} captions; "
           f"half B has {sum(map(len, captions_b.values()))}", file=sys.stderr)
@@ -232,11 +238,7 @@ def run_split(subsets, seed: int, args) -> list[dict]:
 def reliability_curve(subsets, args, fractions=(0.25, 0.5, 1.0)) -> str:
     """How the pipeline LM's reliability and the refinement's centre change with the captions it is
     fitted on: every image of ``--data`` as one dataset, subsampled by image (no judge involved)."""
-    captions: dict[str, list[str]] = defaultdict(list)
-    for entries in subsets.values():
-        for e in entries:
-            if e["caption"] not in captions[e["filename"]]:
-                captions[e["filename"]].append(e["caption"])
+    captions = captions_by_image(subsets)
     true, negative, kinds, image = rule_pairs(captions, args)
     kinds, image = np.asarray(kinds, dtype=object), np.asarray(image, dtype=object)
     shown = sorted(set(kinds.tolist()) - {"position", "order"})
