@@ -87,11 +87,12 @@ def main() -> None:
         def preprocess():
             lazy = LazyImages(images, benchmark.load_image)
             pixels = [processor.image_processor(lazy[i : i + b], return_tensors="pt")["pixel_values"].to(args.device) for i in range(0, len(images), b)]
-            tokens = [processor.tokenizer(texts[i : i + b], padding=True, truncation=True, return_tensors="pt").to(args.device) for i in range(0, len(texts), b)]
-            by_length = sorted(texts, key=len)  # as DualEncoderScorer.encode_texts batches them
-            tokens_sorted = [processor.tokenizer(by_length[i : i + b], padding=True, truncation=True, return_tensors="pt").to(args.device)
-                             for i in range(0, len(texts), b)]  # fmt: skip
-            return pixels, tokens, tokens_sorted
+            def tokenized(batch_texts):
+                return [processor.tokenizer(batch_texts[i : i + b], padding=True, truncation=True, return_tensors="pt").to(args.device)
+                        for i in range(0, len(batch_texts), b)]  # fmt: skip
+
+            # The benchmark's order, and by length as DualEncoderScorer.encode_texts batches them.
+            return pixels, tokenized(texts), tokenized(sorted(texts, key=len))
 
         @torch.no_grad()
         def raw(pixels, tokens) -> None:
@@ -147,7 +148,7 @@ def main() -> None:
           f"padded text positions: {sum(t['input_ids'].numel() for t in tokens)} in the benchmark's order, "
           f"{sum(t['input_ids'].numel() for t in tokens_sorted)} sorted by length")  # fmt: skip
     print(f"{'':<40}{'seconds':>10}{'examples/s':>14}{'encoded/s':>14}")
-    labels = {"cold": "scorer, cold (first evaluation)", "warm": "scorer, warm (repeated evaluation)", "no cache": "scorer, pixel_cache=None",
+    labels = {"cold": "scorer, cold (first evaluation)", "warm": "scorer, warm (repeated evaluation)", "no cache": "scorer, no caches",
               "raw": "raw forward (preprocessed)", "raw, sorted": "raw forward, texts sorted by length",
               "prep": "prep (decode+preprocess+tokenise)"}  # fmt: skip
     for name, label in labels.items():
