@@ -41,6 +41,7 @@ p99 <= 0.3 (``tests/test_image_processing.py``).
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -321,11 +322,20 @@ def image_pixels(image: Image.Image) -> torch.Tensor:
 
 def normalize_pixel_values(pixel_values: torch.Tensor, rescale_factor: float, mean, std) -> torch.Tensor:
     """``(pixel_values * rescale_factor - mean) / std`` in float32 on ``pixel_values``' device (per channel, dimension -3)."""
-    device = pixel_values.device
     # Two fused passes over a fresh float32 copy: x * (rescale / std) + (-mean / std).
-    scale = torch.tensor([rescale_factor / s for s in std], dtype=torch.float32, device=device).view(-1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=device).view(-1, 1, 1)
+    scale, shift = _affine(rescale_factor, tuple(mean), tuple(std), pixel_values.device)
     return pixel_values.to(torch.float32, copy=True).mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`normalize_pixel_values`' per-channel scale and shift ``[C, 1, 1]`` (made once per device:
+    read, never written). Normal tensors even when first asked for under ``torch.inference_mode``,
+    so that a training step can use them later."""
+    with torch.inference_mode(False):
+        scale = torch.tensor([rescale_factor / s for s in std], dtype=torch.float32, device=device).view(-1, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=device).view(-1, 1, 1)
+    return scale, shift
 
 
 def _standard_pipeline(image_processor) -> bool:

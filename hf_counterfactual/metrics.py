@@ -120,10 +120,12 @@ def summarize(outcomes: Mapping[str, np.ndarray], subsets: Sequence[str] | None 
 
     results = {"all": summary(np.ones(n, dtype=bool))}
     if subsets is not None:
-        labels = np.asarray(subsets, dtype=object)
-        for subset in sorted(set(subsets)):
-            results[subset] = summary(labels == subset)
-        per_subset = [results[s] for s in sorted(set(subsets))]
+        names = sorted(set(subsets))
+        code = {subset: k for k, subset in enumerate(names)}
+        codes = np.fromiter((code[subset] for subset in subsets), np.int64, n)  # integer masks: no object comparisons
+        for k, subset in enumerate(names):
+            results[subset] = summary(codes == k)
+        per_subset = [results[s] for s in names]
         results["macro"] = {
             f"{name}_score": _nanmean([row[f"{name}_score"] for row in per_subset]) for name in OUTCOMES
         } | {"count": len(per_subset), "ties": sum(row["ties"] for row in per_subset)}

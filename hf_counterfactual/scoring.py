@@ -190,33 +190,32 @@ class DualEncoderScorer:
         if self.pixel_cache is None or self.image_transform is None:
             return None
         if isinstance(images, (list, tuple)):
-            stored = images.__getitem__
+            values, read = images, None
         elif getattr(images, "load_stored", None) is not None:  # LazyImages: the undecoded images
-            stored = images.stored
+            values, read = images.refs, images.load_stored
         else:  # reading a lazy sequence here would decode each image twice
             return None
-        token, keys = self.pixel_cache.token(self.image_transform), []
-        for i in range(len(images)):
+        token, key, keys = self.pixel_cache.token(self.image_transform), self.pixel_cache.key, []
+        for value in values:
             try:
-                keys.append(self.pixel_cache.key(token, stored(i)))
+                keys.append(key(token, value if read is None else read(value)))
             except Exception:  # the loader reads it again and raises the error that names it
                 keys.append(None)
         return keys
 
     def _cached_batches(self, images: Sequence, keys: list[Hashable | None]) -> Iterator[torch.Tensor]:
-        found = {i: pixels for i, key in enumerate(keys) if key is not None and (pixels := self.pixel_cache.get(key)) is not None}
-        missing = [i for i in range(len(images)) if i not in found]
+        get, put = self.pixel_cache.get, self.pixel_cache.put
+        cached = [None if key is None else get(key) for key in keys]
+        missing = [i for i, pixels in enumerate(cached) if pixels is None]
         computed = (pixels for batch in (self._loader(_Selection(images, missing)) if missing else ()) for pixels in batch)
         pin = self.device.type == "cuda"
         for start in range(0, len(images), self.batch_size):
-            rows = []
-            for i in range(start, min(start + self.batch_size, len(images))):
-                pixels = found.pop(i, None)
+            rows = cached[start : start + self.batch_size]
+            for k, pixels in enumerate(rows):
                 if pixels is None:
-                    pixels = next(computed)
-                    if keys[i] is not None:
-                        self.pixel_cache.put(keys[i], pixels.clone())
-                rows.append(pixels)
+                    rows[k] = pixels = next(computed)
+                    if keys[start + k] is not None:
+                        put(keys[start + k], pixels.clone())
             batch = torch.stack(rows)
             yield batch.pin_memory() if pin else batch
 
@@ -381,11 +380,12 @@ class PixelCache(_BoundedCache):
         remote paths)."""
         if not isinstance(transform, str):
             transform = PixelCache.token(transform)
-        if isinstance(stored, (str, os.PathLike)):
-            stored = {"bytes": None, "path": os.fspath(stored)}
-        if not isinstance(stored, Mapping):
+        if type(stored) is dict or isinstance(stored, Mapping):  # `type` first: an ABC check costs what the digest does
+            data, path = stored.get("bytes"), stored.get("path")
+        elif isinstance(stored, (str, os.PathLike)):
+            data, path = None, os.fspath(stored)
+        else:
             return None
-        data, path = stored.get("bytes"), stored.get("path")
         if data is not None:
             return transform, xxhash.xxh3_128_digest(data)
         if is_local_path(path):

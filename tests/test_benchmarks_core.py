@@ -91,6 +91,53 @@ def test_a_callable_scorer_is_called_per_example():
         evaluate_benchmark(lambda images, texts: np.zeros(3), benchmark)
 
 
+class _TableScorer:
+    """An embedding scorer whose scores are a known table: image ``i`` is the one-hot row ``i``, text
+    ``t`` the column ``W[:, t]``, so ``S(i, t) = W[i, t]``."""
+
+    def __init__(self, table: np.ndarray, texts: list[str]):
+        self.table, self.column = torch.tensor(table, dtype=torch.float64), {text: c for c, text in enumerate(texts)}
+
+    def encode_images(self, images):
+        return torch.eye(len(self.table), dtype=torch.float64)[[int(ref) for ref in images]]
+
+    def encode_texts(self, texts):
+        return self.table.T[[self.column[text] for text in texts]]
+
+    def score_embeddings(self, image_embeds, text_embeds):
+        return image_embeds @ text_embeds.transpose(-1, -2)
+
+
+def test_mixed_shapes_and_truths_give_each_examples_own_outcome():
+    """The embedding path gathers the grids of each shape with index arrays and shares one truth mask
+    where every example of a shape has the same: with three shapes interleaved and truths that differ
+    within a shape, every example's grid is its slice of the known table and its outcomes are those
+    of its own truth, computed here by hand."""
+    texts = ["red", "green", "blue", "a dog", "a cat", "two cats"]
+    rng = np.random.default_rng(0)
+    table = rng.permutation(36).reshape(6, 6).astype(np.float64)  # distinct scores: no ties
+    diagonal, anti = ((True, False), (False, True)), ((False, True), (True, False))
+    specs = [("a", (0, 1), (0, 1), diagonal), ("b", (2,), (2, 3, 4), ((False, True, True),)), ("c", (3, 4), (5, 0), anti),
+             ("d", (5,), (1, 2), ((True, False),)), ("e", (1, 0), (3, 4), diagonal), ("f", (4,), (0, 5, 2), ((True, False, False),))]
+    examples = [MatchingExample(id=i, images=images, texts=tuple(texts[t] for t in cols), truth=truth, subset=i) for i, images, cols, truth in specs]
+    table[3, 0], table[3, 5], table[4, 5], table[4, 0] = 30, 1, 31, 2  # "c" wins only under its own (anti-diagonal) truth
+    benchmark = MatchingBenchmark("mixed", examples, lambda ref: ref)  # the images are their row numbers
+    grids = score_benchmark(_TableScorer(table, texts), benchmark)
+    results = evaluate_benchmark(_TableScorer(table, texts), benchmark)
+    for (name, images, cols, truth), grid in zip(specs, grids):
+        np.testing.assert_array_equal(grid, table[np.ix_(images, cols)])
+        s, t = grid, np.asarray(truth)
+        text = all(s[i][t[i]].min() > s[i][~t[i]].max() for i in range(len(images)) if t[i].any() and (~t[i]).any())
+        columns = [c for c in range(len(cols)) if t[:, c].any() and (~t[:, c]).any()]
+        image = all(s[t[:, c], c].min() > s[~t[:, c], c].max() for c in columns) if columns else None
+        assert results[name]["text_score"] == float(text), name
+        if image is None:
+            assert np.isnan(results[name]["image_score"]), name
+        else:
+            assert results[name]["image_score"] == float(image) and results[name]["group_score"] == float(text and image), name
+    assert results["c"]["group_score"] == 1.0
+
+
 def test_truth_shape_is_checked():
     with pytest.raises(ValueError, match=r"example 'x': truth must be 1 x 2"):
         MatchingExample(id="x", images=(0,), texts=("a", "b"), truth=((True,),))

@@ -93,6 +93,21 @@ def test_a_file_rewritten_in_place_is_a_miss(tmp_path):
     assert cache.hits == 1 and torch.equal(again, second)
 
 
+def test_keys_of_any_mapping_and_of_a_path_and_what_is_not_cached(tmp_path):
+    """A plain dict takes a shortcut past the ABC checks; any other mapping of the same image has the same key."""
+    import pathlib
+    from types import MappingProxyType
+
+    token, image = PixelCache.token("transform"), png(0)
+    assert PixelCache.key(token, MappingProxyType(image)) == PixelCache.key(token, image) == PixelCache.key(token, dict(image))
+    assert PixelCache.key(token, image) != PixelCache.key(token, png(1))
+    path = tmp_path / "image.png"
+    path.write_bytes(image["bytes"])
+    by_path = PixelCache.key(token, {"bytes": None, "path": str(path)})
+    assert by_path is not None and PixelCache.key(token, str(path)) == PixelCache.key(token, pathlib.Path(path)) == by_path
+    assert PixelCache.key(token, Image.new("RGB", (4, 4))) is None and PixelCache.key(token, {"bytes": None, "path": "hf://x.png"}) is None
+
+
 def test_decoded_images_the_exact_path_and_no_cache_leave_the_cache_alone():
     model, processor, _ = get_dummy_components()
     cache = PixelCache()

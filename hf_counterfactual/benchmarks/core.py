@@ -101,38 +101,56 @@ def score_benchmark(scorer, benchmark: MatchingBenchmark) -> list[np.ndarray]:
     at a time so that their pairs share batches; or any callable ``scorer(images, texts) ->
     [len(images), len(texts)]`` (your own function), called once per example.
     """
+    grids: list[np.ndarray] = [None] * len(benchmark.examples)  # type: ignore[list-item]
+    for indices, scores in _scores_by_shape(scorer, benchmark):
+        for i, grid in zip(indices, scores):
+            grids[i] = grid
+    return grids
+
+
+def _scores_by_shape(scorer, benchmark: MatchingBenchmark) -> list[tuple[list[int], np.ndarray]]:
+    """:func:`score_benchmark`'s grids stacked per example shape: ``(example indices, scores [N, I, T])``
+    for each (number of images, number of texts), as the metrics take them."""
     examples = benchmark.examples
+    groups = list(_same_shape_groups(examples))
+    grids: list[np.ndarray] = []
     if hasattr(scorer, "score_groups"):  # a pair scorer that batches many small examples together
-        grids = []
         for start in range(0, len(examples), GROUPS_PER_CALL):
             chunk = examples[start : start + GROUPS_PER_CALL]
-            groups = [([benchmark.load_image(ref) for ref in example.images], list(example.texts)) for example in chunk]
-            grids += [np.asarray(grid, dtype=np.float64) for grid in scorer.score_groups(groups)]
-        return grids
-    if not hasattr(scorer, "encode_images"):
-        if not callable(scorer):
-            raise TypeError(f"scorer must have encode_images/encode_texts/score_embeddings or be callable, got {type(scorer).__name__}")
-        grids = []
+            pairs = [([benchmark.load_image(ref) for ref in example.images], list(example.texts)) for example in chunk]
+            grids += [np.asarray(grid, dtype=np.float64) for grid in scorer.score_groups(pairs)]
+    elif hasattr(scorer, "encode_images"):
+        return _embedding_scores_by_shape(scorer, benchmark, groups)
+    elif callable(scorer):
         for example in examples:
             grid = np.asarray(scorer([benchmark.load_image(ref) for ref in example.images], list(example.texts)), dtype=np.float64)
             if grid.shape != (len(example.images), len(example.texts)):
                 raise ValueError(f"example {example.id!r}: the scorer returned shape {grid.shape}, expected {(len(example.images), len(example.texts))}")
             grids.append(grid)
-        return grids
+    else:
+        raise TypeError(f"scorer must have encode_images/encode_texts/score_embeddings or be callable, got {type(scorer).__name__}")
+    return [(indices, np.stack([grids[i] for i in indices])) for indices in groups]
 
+
+def _embedding_scores_by_shape(scorer, benchmark: MatchingBenchmark, groups: list[list[int]]) -> list[tuple[list[int], np.ndarray]]:
+    """Each distinct image and text encoded once, then the grids of each shape gathered from the
+    embeddings with index arrays, not a loop over examples: a repeated evaluation of a cheap model
+    spends as long in per-example Python as in its forward."""
+    examples = benchmark.examples
     image_refs, texts = benchmark.distinct_images(), benchmark.distinct_texts()
     image_row = {ref: i for i, ref in enumerate(image_refs)}
     text_row = {text: i for i, text in enumerate(texts)}
     image_embeds = scorer.encode_images(LazyImages(image_refs, benchmark.load_image, benchmark.load_stored))
     text_embeds = scorer.encode_texts(texts)
-    grids: list[np.ndarray] = [None] * len(examples)  # type: ignore[list-item]
-    for indices in _same_shape_groups(examples):
-        rows = torch.tensor([[image_row[ref] for ref in examples[i].images] for i in indices])
-        cols = torch.tensor([[text_row[text] for text in examples[i].texts] for i in indices])
-        scores = scorer.score_embeddings(image_embeds[rows], text_embeds[cols]).float().cpu().numpy()
-        for i, grid in zip(indices, scores):
-            grids[i] = grid
-    return grids
+    out = []
+    for indices in groups:
+        num_images, num_texts = len(examples[indices[0]].images), len(examples[indices[0]].texts)
+        rows = np.fromiter((image_row[ref] for i in indices for ref in examples[i].images), np.int64, len(indices) * num_images)
+        cols = np.fromiter((text_row[text] for i in indices for text in examples[i].texts), np.int64, len(indices) * num_texts)
+        rows = torch.from_numpy(rows.reshape(-1, num_images)).to(image_embeds.device)
+        cols = torch.from_numpy(cols.reshape(-1, num_texts)).to(text_embeds.device)
+        out.append((indices, scorer.score_embeddings(image_embeds[rows], text_embeds[cols]).float().cpu().numpy()))
+    return out
 
 
 def evaluate_benchmark(scorer, benchmark: MatchingBenchmark) -> dict[str, dict[str, float]]:
@@ -140,15 +158,17 @@ def evaluate_benchmark(scorer, benchmark: MatchingBenchmark) -> dict[str, dict[s
     macro over subsets. See :mod:`hf_counterfactual.metrics` for the definitions (ties fail)."""
     if len(benchmark) == 0:
         raise ValueError(f"benchmark {benchmark.name!r} has no examples")
-    grids = score_benchmark(scorer, benchmark)
-    outcomes = {name: np.empty(len(grids)) for name in ("text", "image", "group")}
-    outcomes["ties"] = np.zeros(len(grids), dtype=bool)
-    for indices in _same_shape_groups(benchmark.examples):
-        truth = np.asarray([benchmark.examples[i].truth for i in indices], dtype=bool)
-        result = match_outcomes(np.stack([grids[i] for i in indices]), truth)
+    examples = benchmark.examples
+    outcomes = {name: np.empty(len(examples)) for name in ("text", "image", "group")}
+    outcomes["ties"] = np.zeros(len(examples), dtype=bool)
+    for indices, scores in _scores_by_shape(scorer, benchmark):
+        truths = [examples[i].truth for i in indices]
+        # Most benchmarks give every example the same truth (Winoground's diagonal): one mask for all.
+        shared = all(truth == truths[0] for truth in truths)
+        result = match_outcomes(scores, np.asarray(truths[0] if shared else truths, dtype=bool))
         for name, values in result.items():
             outcomes[name][indices] = values
-    subsets = [example.subset for example in benchmark.examples]
+    subsets = [example.subset for example in examples]
     return summarize(outcomes, subsets if any(subsets) else None)
 
 
