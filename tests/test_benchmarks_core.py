@@ -138,6 +138,32 @@ def test_mixed_shapes_and_truths_give_each_examples_own_outcome():
     assert results["c"]["group_score"] == 1.0
 
 
+def test_a_repeated_evaluation_reuses_its_plan_until_an_example_changes(monkeypatch):
+    """The per-example bookkeeping is made once per benchmark; replacing, adding or removing an
+    example (or the whole list) makes it again, and the results follow the new examples."""
+    from hf_counterfactual.benchmarks import core
+
+    made = []
+    original = core._Plan.of.__func__
+    monkeypatch.setattr(core._Plan, "of", classmethod(lambda cls, examples: made.append(len(examples)) or original(cls, examples)))
+    texts = ["red", "green", "blue"]
+    table = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 5.0]])  # image i matches text i best
+    right = lambda i, j: MatchingExample(id=f"{i}{j}", images=(i, j), texts=(texts[i], texts[j]), truth=((True, False), (False, True)))  # noqa: E731
+    wrong = MatchingExample(id="swapped", images=(0, 1), texts=(texts[1], texts[0]), truth=((True, False), (False, True)))
+    benchmark = MatchingBenchmark("plan", [right(0, 1), right(1, 2)], lambda ref: ref)
+    scorer = _TableScorer(table, texts)
+    assert evaluate_benchmark(scorer, benchmark)["all"]["group_score"] == 1.0
+    assert evaluate_benchmark(scorer, benchmark)["all"]["group_score"] == 1.0 and made == [2]
+    benchmark.examples[1] = wrong  # replaced in place
+    assert evaluate_benchmark(scorer, benchmark)["all"]["group_score"] == 0.5 and made == [2, 2]
+    benchmark.examples.append(right(0, 2))
+    results = evaluate_benchmark(scorer, benchmark)
+    assert results["all"]["count"] == 3 and results["all"]["group_score"] == pytest.approx(2 / 3) and made == [2, 2, 3]
+    benchmark.examples = [wrong]
+    assert evaluate_benchmark(scorer, benchmark)["all"]["group_score"] == 0.0 and benchmark.distinct_texts() == ["green", "red"]
+    assert made == [2, 2, 3, 1]
+
+
 def test_truth_shape_is_checked():
     with pytest.raises(ValueError, match=r"example 'x': truth must be 1 x 2"):
         MatchingExample(id="x", images=(0,), texts=("a", "b"), truth=((True,),))

@@ -8,8 +8,9 @@ benchmark even when many examples share it (SugarCrepe reuses COCO images across
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,15 +51,64 @@ class MatchingBenchmark:
     #: The image as stored (a PIL image, an undecoded ``{"bytes", "path"}`` dict or a path), for a fast
     #: image path that decodes JPEGs at a reduced scale itself; ``None``: only ``load_image``.
     load_stored: Callable[[ImageRef], Any] | None = None
+    _plan: _Plan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def distinct_images(self) -> list[ImageRef]:
-        return list(dict.fromkeys(ref for example in self.examples for ref in example.images))
+        """Every image reference once, in order of first use."""
+        return list(self._evaluation_plan().image_refs)
 
     def distinct_texts(self) -> list[str]:
-        return list(dict.fromkeys(text for example in self.examples for text in example.texts))
+        """Every caption once, in order of first use."""
+        return list(self._evaluation_plan().texts)
+
+    def _evaluation_plan(self) -> _Plan:
+        """The :class:`_Plan` of the current examples: made once, and again only when an example
+        is added, removed or replaced (they are compared by identity: a frozen example is its content)."""
+        plan = self._plan
+        if plan is None or len(plan.examples) != len(self.examples) or any(map(operator.is_not, plan.examples, self.examples)):
+            plan = self._plan = _Plan.of(self.examples)
+        return plan
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What evaluating a benchmark needs of its examples, apart from any model: the distinct images
+    and texts, and per example shape the examples' indices, their rows among the distinct images and
+    texts, and their truth (one mask when all share it). Kept on the benchmark, so that a repeated
+    evaluation (each eval step of a training run) does not redo this per-example Python, which for a
+    cheap model costs as much as its forward."""
+
+    examples: tuple[MatchingExample, ...]
+    image_refs: list[ImageRef]
+    texts: list[str]
+    #: (example indices, image rows ``[N, I]``, text rows ``[N, T]``, truth ``[I, T]`` or ``[N, I, T]``) per shape.
+    groups: list[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]
+    subsets: list[str] | None
+
+    @classmethod
+    def of(cls, examples: Sequence[MatchingExample]) -> _Plan:
+        examples = tuple(examples)
+        image_refs = list(dict.fromkeys(ref for example in examples for ref in example.images))
+        texts = list(dict.fromkeys(text for example in examples for text in example.texts))
+        image_row = {ref: i for i, ref in enumerate(image_refs)}
+        text_row = {text: i for i, text in enumerate(texts)}
+        shapes: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, example in enumerate(examples):
+            shapes[(len(example.images), len(example.texts))].append(i)
+        groups = []
+        for (num_images, num_texts), indices in shapes.items():
+            rows = np.fromiter((image_row[ref] for i in indices for ref in examples[i].images), np.int64, len(indices) * num_images)
+            cols = np.fromiter((text_row[text] for i in indices for text in examples[i].texts), np.int64, len(indices) * num_texts)
+            truths = [examples[i].truth for i in indices]
+            # Most benchmarks give every example the same truth (Winoground's diagonal): one mask for all.
+            shared = all(truth == truths[0] for truth in truths)
+            truth = np.asarray(truths[0] if shared else truths, dtype=bool)
+            groups.append((indices, rows.reshape(-1, num_images), cols.reshape(-1, num_texts), truth))
+        subsets = [example.subset for example in examples]
+        return cls(examples, image_refs, texts, groups, subsets if any(subsets) else None)
 
 
 class LazyImages(Sequence):
@@ -80,14 +130,6 @@ class LazyImages(Sequence):
         return self.load_image(self.refs[index])
 
 
-def _same_shape_groups(examples: Sequence[MatchingExample]) -> Iterator[list[int]]:
-    """Example indices grouped by (number of images, number of texts), to score each group at once."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        groups[(len(example.images), len(example.texts))].append(i)
-    yield from groups.values()
-
-
 GROUPS_PER_CALL = 16  # examples per score_groups call: enough pairs to fill a batch, few images in memory
 
 
@@ -101,18 +143,18 @@ def score_benchmark(scorer, benchmark: MatchingBenchmark) -> list[np.ndarray]:
     at a time so that their pairs share batches; or any callable ``scorer(images, texts) ->
     [len(images), len(texts)]`` (your own function), called once per example.
     """
+    plan = benchmark._evaluation_plan()
     grids: list[np.ndarray] = [None] * len(benchmark.examples)  # type: ignore[list-item]
-    for indices, scores in _scores_by_shape(scorer, benchmark):
+    for (indices, *_), scores in zip(plan.groups, _scores_by_shape(scorer, benchmark, plan)):
         for i, grid in zip(indices, scores):
             grids[i] = grid
     return grids
 
 
-def _scores_by_shape(scorer, benchmark: MatchingBenchmark) -> list[tuple[list[int], np.ndarray]]:
-    """:func:`score_benchmark`'s grids stacked per example shape: ``(example indices, scores [N, I, T])``
-    for each (number of images, number of texts), as the metrics take them."""
+def _scores_by_shape(scorer, benchmark: MatchingBenchmark, plan: _Plan) -> list[np.ndarray]:
+    """:func:`score_benchmark`'s grids stacked per example shape, ``scores [N, I, T]`` for each group
+    of ``plan`` (:meth:`MatchingBenchmark._evaluation_plan`) in its order, as the metrics take them."""
     examples = benchmark.examples
-    groups = list(_same_shape_groups(examples))
     grids: list[np.ndarray] = []
     if hasattr(scorer, "score_groups"):  # a pair scorer that batches many small examples together
         for start in range(0, len(examples), GROUPS_PER_CALL):
@@ -120,7 +162,7 @@ def _scores_by_shape(scorer, benchmark: MatchingBenchmark) -> list[tuple[list[in
             pairs = [([benchmark.load_image(ref) for ref in example.images], list(example.texts)) for example in chunk]
             grids += [np.asarray(grid, dtype=np.float64) for grid in scorer.score_groups(pairs)]
     elif hasattr(scorer, "encode_images"):
-        return _embedding_scores_by_shape(scorer, benchmark, groups)
+        return _embedding_scores_by_shape(scorer, benchmark, plan)
     elif callable(scorer):
         for example in examples:
             grid = np.asarray(scorer([benchmark.load_image(ref) for ref in example.images], list(example.texts)), dtype=np.float64)
@@ -129,27 +171,18 @@ def _scores_by_shape(scorer, benchmark: MatchingBenchmark) -> list[tuple[list[in
             grids.append(grid)
     else:
         raise TypeError(f"scorer must have encode_images/encode_texts/score_embeddings or be callable, got {type(scorer).__name__}")
-    return [(indices, np.stack([grids[i] for i in indices])) for indices in groups]
+    return [np.stack([grids[i] for i in indices]) for indices, *_ in plan.groups]
 
 
-def _embedding_scores_by_shape(scorer, benchmark: MatchingBenchmark, groups: list[list[int]]) -> list[tuple[list[int], np.ndarray]]:
+def _embedding_scores_by_shape(scorer, benchmark: MatchingBenchmark, plan: _Plan) -> list[np.ndarray]:
     """Each distinct image and text encoded once, then the grids of each shape gathered from the
-    embeddings with index arrays, not a loop over examples: a repeated evaluation of a cheap model
-    spends as long in per-example Python as in its forward."""
-    examples = benchmark.examples
-    image_refs, texts = benchmark.distinct_images(), benchmark.distinct_texts()
-    image_row = {ref: i for i, ref in enumerate(image_refs)}
-    text_row = {text: i for i, text in enumerate(texts)}
-    image_embeds = scorer.encode_images(LazyImages(image_refs, benchmark.load_image, benchmark.load_stored))
-    text_embeds = scorer.encode_texts(texts)
+    embeddings with the plan's index arrays."""
+    image_embeds = scorer.encode_images(LazyImages(plan.image_refs, benchmark.load_image, benchmark.load_stored))
+    text_embeds = scorer.encode_texts(plan.texts)
     out = []
-    for indices in groups:
-        num_images, num_texts = len(examples[indices[0]].images), len(examples[indices[0]].texts)
-        rows = np.fromiter((image_row[ref] for i in indices for ref in examples[i].images), np.int64, len(indices) * num_images)
-        cols = np.fromiter((text_row[text] for i in indices for text in examples[i].texts), np.int64, len(indices) * num_texts)
-        rows = torch.from_numpy(rows.reshape(-1, num_images)).to(image_embeds.device)
-        cols = torch.from_numpy(cols.reshape(-1, num_texts)).to(text_embeds.device)
-        out.append((indices, scorer.score_embeddings(image_embeds[rows], text_embeds[cols]).float().cpu().numpy()))
+    for _, rows, cols, _ in plan.groups:
+        rows, cols = torch.from_numpy(rows).to(image_embeds.device), torch.from_numpy(cols).to(text_embeds.device)
+        out.append(scorer.score_embeddings(image_embeds[rows], text_embeds[cols]).float().cpu().numpy())
     return out
 
 
@@ -158,18 +191,13 @@ def evaluate_benchmark(scorer, benchmark: MatchingBenchmark) -> dict[str, dict[s
     macro over subsets. See :mod:`hf_counterfactual.metrics` for the definitions (ties fail)."""
     if len(benchmark) == 0:
         raise ValueError(f"benchmark {benchmark.name!r} has no examples")
-    examples = benchmark.examples
-    outcomes = {name: np.empty(len(examples)) for name in ("text", "image", "group")}
-    outcomes["ties"] = np.zeros(len(examples), dtype=bool)
-    for indices, scores in _scores_by_shape(scorer, benchmark):
-        truths = [examples[i].truth for i in indices]
-        # Most benchmarks give every example the same truth (Winoground's diagonal): one mask for all.
-        shared = all(truth == truths[0] for truth in truths)
-        result = match_outcomes(scores, np.asarray(truths[0] if shared else truths, dtype=bool))
-        for name, values in result.items():
+    outcomes = {name: np.empty(len(benchmark)) for name in ("text", "image", "group")}
+    outcomes["ties"] = np.zeros(len(benchmark), dtype=bool)
+    plan = benchmark._evaluation_plan()
+    for (indices, _, _, truth), scores in zip(plan.groups, _scores_by_shape(scorer, benchmark, plan)):
+        for name, values in match_outcomes(scores, truth).items():
             outcomes[name][indices] = values
-    subsets = [example.subset for example in examples]
-    return summarize(outcomes, subsets if any(subsets) else None)
+    return summarize(outcomes, plan.subsets)
 
 
 def format_results(results: Mapping[str, Mapping[str, float]], before: Mapping[str, Mapping[str, float]] | None = None) -> str:
