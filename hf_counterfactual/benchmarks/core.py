@@ -78,8 +78,8 @@ class _Plan:
     """What evaluating a benchmark needs of its examples, apart from any model: the distinct images
     and texts, and per example shape the examples' indices, their rows among the distinct images and
     texts, and their truth (one mask when all share it). Kept on the benchmark, so that a repeated
-    evaluation (each eval step of a training run) does not redo this per-example Python, which for a
-    cheap model costs as much as its forward."""
+    evaluation (each eval step of a training run) does not redo this per-example Python: ~5 ms for
+    the 1,600 procedural test groups, a few percent of a tiny model's forward."""
 
     examples: tuple[MatchingExample, ...]
     image_refs: list[ImageRef]
