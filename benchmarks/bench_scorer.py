@@ -155,8 +155,8 @@ def main() -> None:
         # Each scorer call is timed beside the raw forward on the same batches (and on the benchmark's
         # order), before them in even rounds and after them in odd ones, and each ratio is taken within
         # its round: the machine's speed drifts between calls (±15-30% here), far more than the few
-        # percent being measured. One variant at a time, after an untimed call of its own: the first
-        # call after another variant's forked workers pays for their copy-on-write page faults.
+        # percent being measured. One variant at a time, after an untimed call of its own: a call
+        # right after another variant's (with its forked workers) ran slower.
         paired: dict[str, dict[str, list[float]]] = {name: {"raw, sorted": [], "raw": []} for name in scorer_names}
         for name in scorer_names:
             prepare(name)
