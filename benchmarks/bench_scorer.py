@@ -17,15 +17,18 @@ Measures, in one run, on the held-out procedural scenes (each distinct image and
   loop would, and ``raw, sorted`` by length, the batches the scorer forwards (it sorts its texts so
   that each batch pads less): the ratio against ``raw, sorted`` is the scorer's overhead alone;
 
+- ``towers constant``: a warm scorer whose model returns constant features
+  (:class:`ConstantTowers`): the scorer's own work alone, as a fraction of the raw forward;
+
 the scorer pre-processes on its image path (``--image_path``, default fast: draft decode, one
 resize of the crop, uint8 normalised on the device) in DataLoader workers (``--num_workers``,
-default sized from the cores) overlapping the forward;
+default sized from the cores) overlapping the forward.
 
-interleaved, after warmup; reports medians, examples/s and images+texts encoded/s, and
-raw / scorer time (target >= 0.9), cold and warm separately: each scorer call is timed beside the
-raw forwards (before them in one round, after them in the next), and the ratio is the median over
-these rounds, since the shared machine's speed drifts between calls by more than the overhead
-measured; one variant at a time, after an untimed call of its own. ``--threads`` sets torch's intra-op
+After warmup, reports medians, examples/s and images+texts encoded/s, and raw / scorer time
+(target >= 0.9) per variant: each scorer call is timed beside the raw forwards (before them in one
+round, after them in the next), and the ratio is the median over ``--repeats`` rounds, since the
+shared machine's speed drifts between calls by more than the overhead measured; one variant at a
+time, after an untimed call of its own. ``--threads`` sets torch's intra-op
 threads (default: torch's own); on a shared machine whose other cores are busy, 1 thread measures
 the forward more stably (2 threads on 2 cores with another busy process slowed it ~30x)::
 
