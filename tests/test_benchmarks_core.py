@@ -164,6 +164,24 @@ def test_a_repeated_evaluation_reuses_its_plan_until_an_example_changes(monkeypa
     assert made == [2, 2, 3, 1]
 
 
+def test_a_pair_scorers_grids_are_checked_like_a_callables():
+    """A ``score_groups`` scorer's grid of the wrong shape, or too few grids, is an error naming the examples."""
+    benchmark = MatchingBenchmark("toy", [MatchingExample(id=str(i), images=(i,), texts=("a", "b"), truth=((True, False),)) for i in range(3)], lambda ref: ref)
+
+    class Pairs:
+        def __init__(self, grid, drop=0):
+            self.grid, self.drop = grid, drop
+
+        def score_groups(self, groups):
+            return [self.grid for _ in groups[self.drop :]]
+
+    assert evaluate_benchmark(Pairs([[1.0, 0.0]]), benchmark)["all"]["text_score"] == 1.0
+    with pytest.raises(ValueError, match=r"example '0': the scorer returned shape \(2,\), expected \(1, 2\)"):
+        evaluate_benchmark(Pairs([1.0, 0.0]), benchmark)
+    with pytest.raises(ValueError, match=r"examples '0'..'2': the scorer returned 2 grids for 3 examples"):
+        score_benchmark(Pairs([[1.0, 0.0]], drop=1), benchmark)
+
+
 def test_truth_shape_is_checked():
     with pytest.raises(ValueError, match=r"example 'x': truth must be 1 x 2"):
         MatchingExample(id="x", images=(0,), texts=("a", "b"), truth=((True,),))

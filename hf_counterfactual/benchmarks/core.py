@@ -160,18 +160,26 @@ def _scores_by_shape(scorer, benchmark: MatchingBenchmark, plan: _Plan) -> list[
         for start in range(0, len(examples), GROUPS_PER_CALL):
             chunk = examples[start : start + GROUPS_PER_CALL]
             pairs = [([benchmark.load_image(ref) for ref in example.images], list(example.texts)) for example in chunk]
-            grids += [np.asarray(grid, dtype=np.float64) for grid in scorer.score_groups(pairs)]
+            scored = list(scorer.score_groups(pairs))
+            if len(scored) != len(chunk):
+                raise ValueError(f"examples {chunk[0].id!r}..{chunk[-1].id!r}: the scorer returned {len(scored)} grids for {len(chunk)} examples")
+            grids += [_checked_grid(example, grid) for example, grid in zip(chunk, scored)]
     elif hasattr(scorer, "encode_images"):
         return _embedding_scores_by_shape(scorer, benchmark, plan)
     elif callable(scorer):
         for example in examples:
-            grid = np.asarray(scorer([benchmark.load_image(ref) for ref in example.images], list(example.texts)), dtype=np.float64)
-            if grid.shape != (len(example.images), len(example.texts)):
-                raise ValueError(f"example {example.id!r}: the scorer returned shape {grid.shape}, expected {(len(example.images), len(example.texts))}")
-            grids.append(grid)
+            grids.append(_checked_grid(example, scorer([benchmark.load_image(ref) for ref in example.images], list(example.texts))))
     else:
         raise TypeError(f"scorer must have encode_images/encode_texts/score_embeddings or be callable, got {type(scorer).__name__}")
     return [np.stack([grids[i] for i in indices]) for indices, *_ in plan.groups]
+
+
+def _checked_grid(example: MatchingExample, grid) -> np.ndarray:
+    """``grid`` as float64, or a ValueError naming ``example`` when it is not ``[images, texts]``."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.shape != (len(example.images), len(example.texts)):
+        raise ValueError(f"example {example.id!r}: the scorer returned shape {grid.shape}, expected {(len(example.images), len(example.texts))}")
+    return grid
 
 
 def _embedding_scores_by_shape(scorer, benchmark: MatchingBenchmark, plan: _Plan) -> list[np.ndarray]:
