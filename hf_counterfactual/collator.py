@@ -208,7 +208,7 @@ class CounterfactualCollator:
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         k = self.num_counterfactuals if self._uses_counterfactuals else 0
         batch_size = len(records)
-        images: list[Any] = []  # PIL images (exact path) or uint8 [3, H, W] tensors (fast path)
+        images: list[Any] = []  # PIL images (exact path) or DecodedImages (fast path)
         texts = _Interner()
         text_index = torch.empty(batch_size, dtype=torch.long)
         cf_text_index = torch.full((batch_size, k), -1, dtype=torch.long)
@@ -256,7 +256,7 @@ class CounterfactualCollator:
         paraphrase_index = _remap(paraphrase_index, new_text_row)
         _reject_counterfactuals_read_as_their_caption(records, text_index, cf_text_index)
         if self.image_transform is not None:
-            pixel_values = torch.stack(images)  # uint8: content keys of 1 byte a value (equal content, equal key)
+            pixel_values = self.image_transform.stack(images)  # uint8: content keys of 1 byte a value (equal content, equal key)
         else:
             pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         # An identical image (the same photo in two records) is encoded once.
@@ -280,10 +280,11 @@ class CounterfactualCollator:
         }
 
     def _load_image(self, value: Any, where: str):
-        """One image as the image path needs it: an RGB PIL image (exact) or ``uint8`` ``[3, H, W]`` (fast)."""
+        """One image as the image path needs it: an RGB PIL image (exact) or a
+        :class:`~hf_counterfactual.image_processing.DecodedImage` (fast: resized with the batch's others)."""
         if self.image_transform is None:
             return load_image(value, where)
-        return _read_image(value, where, self.image_transform.load)
+        return _read_image(value, where, self.image_transform.decode)
 
     def normalize_pixel_values(self, pixel_values: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The model's input from this collator's ``pixel_values``: ``uint8`` ones normalised (on their

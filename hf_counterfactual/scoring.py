@@ -477,13 +477,13 @@ class _ImageBatches(torch.utils.data.Dataset):
         stored = getattr(self.images, "stored", None)  # LazyImages: the images as stored (undecoded JPEGs: a draft decode)
         if stored is None:
             return self.transform(list(self.images[start:stop]))
-        pixels = []
+        decoded = []
         for i in range(start, stop):
             try:
-                pixels.append(self.transform.load(stored(i)))
+                decoded.append(self.transform.decode(stored(i)))
             except Exception:  # the benchmark's own loader decodes it, or raises an error naming the image
-                pixels.append(self.transform.load(self.images[i]))
-        return torch.stack(pixels)
+                decoded.append(self.transform.decode(self.images[i]))
+        return self.transform.stack(decoded)
 
 
 def image_loader(

@@ -335,3 +335,28 @@ def test_a_crop_without_resampling_owns_its_memory():
     pixels = transform.load(image)
     pixels.zero_()  # would write into Pillow's buffer if it were a view
     assert np.array(image).any() and transform.load(image).any()
+
+
+def test_a_batch_resamples_images_of_one_stored_size_in_one_call_each_as_it_would_alone(monkeypatch):
+    """FastImageTransform.stack: images torch resamples whole from one stored size share an
+    F.interpolate call, and each row is what to_uint8 gives that image alone; the others (another
+    size, a draft decode with a partial block, an image stored at the resized size) take their own path."""
+    transform = fast_image_transform(PROCESSORS["clip-32"]())
+    grey = photo_like(64, 64, seed=9).convert("L")  # RGB once decoded: it joins the 64 x 64 images
+    stored = [encoded(photo_like(64, 64, seed=i), "PNG") for i in range(3)] + [
+        encoded(photo_like(48, 40, seed=3), "PNG"),
+        encoded(photo_like(43, 32, seed=4), "PNG"),  # short side 32 already: a crop, no resampling
+        encoded(photo_like(640, 427, seed=5), "JPEG"),  # drafted to 1/8: 53.4 rows, a partial block
+        encoded(grey, "PNG"),
+        encoded(photo_like(64, 64, seed=6), "PNG"),
+        encoded(photo_like(80, 80, seed=7), "PNG"),  # resized to 32 x 32 too, from another size
+    ]
+    decoded = [transform.decode(value) for value in stored]
+    alone = torch.stack([transform.to_uint8(*d) for d in decoded])
+    sizes = []
+    interpolate = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda pixels, **k: sizes.append(tuple(pixels.shape)) or interpolate(pixels, **k))
+    batched = transform.stack(decoded)
+    assert torch.equal(batched, alone) and batched.shape == (9, 3, 32, 32)
+    assert sorted(sizes) == sorted([(5, 4, 64, 64), (1, 4, 80, 80), (1, 4, 40, 48), (1, 4, 54, 80)])
+    assert torch.equal(transform(stored), alone) and transform([]).shape == (0, 3, 32, 32)

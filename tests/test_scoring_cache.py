@@ -28,8 +28,8 @@ def png(seed: int, width: int = 48, height: int = 40) -> dict:
 def counting(monkeypatch) -> list:
     """Every image the fast path pre-processes (in this process: the scorers here use no workers)."""
     calls = []
-    original = FastImageTransform.load
-    monkeypatch.setattr(FastImageTransform, "load", lambda self, value: calls.append(value) or original(self, value))
+    original = FastImageTransform.decode
+    monkeypatch.setattr(FastImageTransform, "decode", lambda self, value: calls.append(value) or original(self, value))
     return calls
 
 
