@@ -15,7 +15,8 @@ normalises in NumPy float on the CPU. :class:`FastImageTransform` gives the same
    the crop, in one Pillow ``Image.resize(..., box=...)`` whose box is the crop's region in the
    (draft) image (the same filter, scale and pixel centres as resize-then-crop). Without a draft
    decode the result is the processor's resized-and-cropped pixels up to that rounding; an image
-   stored at the resized size is cropped, not resampled;
+   stored at the resized size is cropped, not resampled. The images of a batch that torch resamples
+   whole from one stored size share one call (:meth:`FastImageTransform.stack`);
 3. the pixels stay ``uint8`` (a quarter of float32's bytes to copy between processes and to the
    device) and :meth:`FastImageTransform.normalize` rescales and normalises them on the model's
    device (:class:`~hf_counterfactual.trainer.CounterfactualTrainer` in ``compute_loss``,
