@@ -271,14 +271,11 @@ class FastImageTransform:
         """``F.interpolate``'s mode for the processor's filter, ``None``: Pillow resamples."""
         return _TORCH_FILTERS.get(self.resample) if self.torch_resize else None
 
-    def _whole_resize(self, image: Image.Image, height: int, width: int, scale: float) -> tuple[tuple[int, int], bool]:
+    def _geometry(self, image: Image.Image, height: int, width: int, scale: float) -> tuple[tuple[int, int], bool]:
         """The processor's resized size of the ``height`` x ``width`` image, and whether ``image`` (its
-        decode at ``scale``) is that whole image at another size: resampled whole, not cropped out of
-        a partial-block draft, nor left as it is."""
-        new_h, new_w = self.resized_size(height, width)
+        decode at ``scale``) holds exactly that whole image (not a draft decode with a partial block)."""
         region_h, region_w = height * scale, width * scale  # the whole image in the (draft) image's pixels
-        whole = abs(region_h - image.height) < 1e-6 and abs(region_w - image.width) < 1e-6
-        return (new_h, new_w), whole and (image.height, image.width) != (new_h, new_w)
+        return self.resized_size(height, width), abs(region_h - image.height) < 1e-6 and abs(region_w - image.width) < 1e-6
 
     def _crop(self, resized: torch.Tensor) -> torch.Tensor:
         """The centre crop ``[3, H, W]`` of a resized ``[C, h, w]`` (``C`` = 3, or 4 with Pillow's padding byte)."""
@@ -290,20 +287,19 @@ class FastImageTransform:
         """The crop of ``image`` (RGB, ``scale`` times the ``height`` x ``width`` image) resized as the
         processor resizes, by ``F.interpolate(antialias=True)`` on ``uint8``; ``None`` where it cannot,
         or need not (no resampling)."""
-        (new_h, new_w), whole = self._whole_resize(image, height, width, scale)
+        (new_h, new_w), whole = self._geometry(image, height, width, scale)
+        if whole and (image.height, image.width) == (new_h, new_w):
+            # Stored at the resized size: Pillow's crop, whose HWC copy is 4x cheaper than torch's
+            # strided copy out of the 4-byte pixels.
+            return None
         if whole:
             # Channels-last memory (torch's vectorised uint8 layout), RGB plus Pillow's padding byte: the
             # kernel resamples 4 channels as fast as 3, and the 4th is dropped from the small output.
             return self._crop(F.interpolate(image_pixels(image), size=(new_h, new_w), mode=mode, antialias=True)[0])
-        region_h, region_w = height * scale, width * scale
-        if abs(region_h - image.height) < 1e-6 and abs(region_w - image.width) < 1e-6:
-            # Stored at the resized size: Pillow's crop, whose HWC copy is 4x cheaper than torch's
-            # strided copy out of the 4-byte pixels.
-            return None
         # A draft decode of a size the DCT scale does not divide: its last row or column holds a
         # partial block. Map coordinates with the true scale (as resize(box=...) would), not the
         # decoded size, and resample a little past the resized image.
-        factors = (new_h / region_h, new_w / region_w)
+        factors = (new_h / (height * scale), new_w / (width * scale))
         if any(math.floor(n * f) < m for n, f, m in zip((image.height, image.width), factors, (new_h, new_w))):
             return None
         pixels = F.interpolate(image_pixels(image), scale_factor=factors, mode=mode, antialias=True, recompute_scale_factor=False)
@@ -318,8 +314,8 @@ class FastImageTransform:
         mode, groups = self._torch_mode(), {}
         for k, (image, full_size, scale) in enumerate(decoded):
             height, width = full_size if full_size is not None else (image.height, image.width)
-            size, whole = self._whole_resize(image, height, width, scale) if mode is not None else (None, False)
-            if whole and image.mode == "RGB":
+            size, whole = self._geometry(image, height, width, scale)
+            if mode is not None and whole and (image.height, image.width) != size and image.mode == "RGB":
                 pixels = image_pixels(image)
                 groups.setdefault((tuple(pixels.shape), size), []).append((k, pixels))
             else:
