@@ -13,6 +13,7 @@ from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
 
 from dummy_components import get_dummy_components
 from hf_counterfactual import CounterfactualCollator, CounterfactualTrainer, CounterfactualTrainingArguments, DualEncoderScorer
+from hf_counterfactual import image_processing
 from hf_counterfactual.collator import load_image
 from hf_counterfactual.image_processing import fast_image_transform, resolve_image_transform
 from hf_counterfactual.training_args import default_num_workers
@@ -360,3 +361,8 @@ def test_a_batch_resamples_images_of_one_stored_size_in_one_call_each_as_it_woul
     assert torch.equal(batched, alone) and batched.shape == (9, 3, 32, 32)
     assert sorted(sizes) == sorted([(5, 4, 64, 64), (1, 4, 80, 80), (1, 4, 40, 48), (1, 4, 54, 80)])
     assert torch.equal(transform(stored), alone) and transform([]).shape == (0, 3, 32, 32)
+    # Calls of at most _RESAMPLE_BYTES of input (here room for two 64 x 64 images): the same rows.
+    monkeypatch.setattr(image_processing, "_RESAMPLE_BYTES", 2 * 4 * 64 * 64 + 1)
+    sizes.clear()
+    assert torch.equal(transform.stack(decoded), alone)
+    assert sorted(sizes) == sorted([(2, 4, 64, 64), (2, 4, 64, 64), (1, 4, 64, 64), (1, 4, 80, 80), (1, 4, 40, 48), (1, 4, 54, 80)])
