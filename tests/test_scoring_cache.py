@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dummy_components import get_dummy_components
-from hf_counterfactual import DualEncoderScorer, evaluate_benchmark
+from hf_counterfactual import DualEncoderScorer, evaluate_benchmark, scoring
 from hf_counterfactual.benchmarks import LazyImages, counterfactual_records_benchmark
 from hf_counterfactual.features import COUNTERFACTUAL_FEATURES
 from hf_counterfactual.image_processing import FastImageTransform
@@ -167,10 +167,14 @@ def test_a_repeated_call_tokenises_nothing_and_gives_the_same_embeddings(monkeyp
     model, processor, _ = get_dummy_components()
     cache = TokenCache()
     calls = counting_tokenizer(monkeypatch, processor.tokenizer)
+    submitted = []  # batches handed to the tokenising thread
+    original_submit = scoring.ThreadPoolExecutor.submit
+    monkeypatch.setattr(scoring.ThreadPoolExecutor, "submit", lambda self, fn, *a: submitted.append(a) or original_submit(self, fn, *a))
     first = scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)
     assert len(calls) == 2 and len(cache) == 2 and (cache.hits, cache.misses) == (0, 2)  # batches of 4: 4 + 3
+    assert len(submitted) == 2  # each tokenised in the thread, a batch ahead
     second = scorer(model, processor, None, token_cache=cache).encode_texts(TEXTS)  # another scorer, the same cache
-    assert len(calls) == 2 and cache.hits == 2
+    assert len(calls) == 2 and cache.hits == 2 and len(submitted) == 2  # hits read in this thread
     torch.testing.assert_close(second, first, rtol=0, atol=0)
     scorer(model, processor, None, token_cache=None).encode_texts(TEXTS)
     assert len(calls) == 4 and cache.hits == 2  # no cache: tokenised again, the cache untouched
