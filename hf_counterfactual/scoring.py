@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -306,12 +307,14 @@ class DualEncoderScorer:
 class _BoundedCache:
     """Values under keys, at most ``max_bytes`` of them (the least recently used go first): what
     :class:`PixelCache` and :class:`TokenCache` share. :attr:`hits` and :attr:`misses` count lookups;
-    :attr:`nbytes` is the memory held."""
+    :attr:`nbytes` is the memory held. Thread-safe: :meth:`DualEncoderScorer.encode_texts` reads the
+    token cache while its tokenising thread adds to it."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()  # key -> (value, its bytes)
         self.nbytes = self.hits = self.misses = 0
+        self._lock = threading.Lock()
 
     @staticmethod
     def size_of(value) -> int:
@@ -320,13 +323,14 @@ class _BoundedCache:
 
     def get(self, key: Hashable):
         """The value stored under ``key``, or ``None``."""
-        item = self._items.get(key)
-        if item is None:
-            self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return item[0]
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
 
     def put(self, key: Hashable, value) -> None:
         """Keeps ``value`` (not copied: pass what nothing else writes to) under ``key``, evicting the
@@ -334,19 +338,21 @@ class _BoundedCache:
         size = self.size_of(value)
         if size > self.max_bytes:
             return
-        previous = self._items.pop(key, None)
-        if previous is not None:
-            self.nbytes -= previous[1]
-        self._items[key] = (value, size)
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.nbytes -= evicted
+        with self._lock:
+            previous = self._items.pop(key, None)
+            if previous is not None:
+                self.nbytes -= previous[1]
+            self._items[key] = (value, size)
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.nbytes -= evicted
 
     def clear(self) -> None:
         """Empties the cache and resets its counters."""
-        self._items.clear()
-        self.nbytes = self.hits = self.misses = 0
+        with self._lock:
+            self._items.clear()
+            self.nbytes = self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)

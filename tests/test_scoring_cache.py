@@ -247,3 +247,37 @@ def test_an_unreadable_image_is_still_an_error(bad):
     model, processor, _ = get_dummy_components()
     with pytest.raises(Exception):
         list(scorer(model, processor, PixelCache()).pixel_batches([png(0), bad]))
+
+
+def test_the_cache_stays_consistent_when_one_thread_reads_while_another_adds_and_evicts():
+    """encode_texts reads the token cache while its tokenising thread adds to it (evicting past max_bytes)."""
+    import sys
+    import threading
+
+    cache = TokenCache(max_bytes=8 * 64)  # room for 8 of the values below: every put past the 8th evicts
+    value = {"input_ids": torch.zeros(8, dtype=torch.int64)}  # 64 bytes
+    errors, rounds = [], 20_000
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+
+    def writer():
+        try:
+            for i in range(rounds):
+                cache.put(i % 64, value)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    try:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            for i in range(rounds):
+                cache.get(i % 64)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:1]
+    assert cache.hits + cache.misses == rounds
+    assert cache.nbytes == 64 * len(cache) <= cache.max_bytes
