@@ -190,16 +190,20 @@ class DualEncoderScorer:
         cache does not apply (no cache, the exact path, images whose stored form is not at hand)."""
         if self.pixel_cache is None or self.image_transform is None:
             return None
+        identify = None
         if isinstance(images, (list, tuple)):
             values, read = images, None
         elif getattr(images, "load_stored", None) is not None:  # LazyImages: the undecoded images
-            values, read = images.refs, images.load_stored
+            values, read, identify = images.refs, images.load_stored, getattr(images, "image_key", None)
         else:  # reading a lazy sequence here would decode each image twice
             return None
         token, key, keys = self.pixel_cache.token(self.image_transform), self.pixel_cache.key, []
         for value in values:
             try:
-                keys.append(key(token, value if read is None else read(value)))
+                # The benchmark's identity of the stored image where it has one (a Dataset's
+                # fingerprint and the row: no read of the image), else a digest of what is stored.
+                identity = None if identify is None else identify(value)
+                keys.append((token, identity) if identity is not None else key(token, value if read is None else read(value)))
             except Exception:  # the loader reads it again and raises the error that names it
                 keys.append(None)
         return keys
@@ -364,7 +368,10 @@ class PixelCache(_BoundedCache):
 
     An image is keyed by the image transform's settings (a
     :class:`~hf_counterfactual.image_processing.FastImageTransform`, frozen: another processor or
-    size is another key) and by its stored form: a 128-bit XXH3 digest of an undecoded image's bytes
+    size is another key) and by the benchmark's identity of the stored image where it has one
+    (:attr:`~hf_counterfactual.benchmarks.MatchingBenchmark.image_key`: a Dataset's fingerprint with
+    the row and field, so that a repeated evaluation reads no stored image), else by its stored
+    form: a 128-bit XXH3 digest of an undecoded image's bytes
     (``xxhash``, which ``datasets`` fingerprints with: 5 us for a 150 KB JPEG, against SHA-1's 160 us,
     a tenth of the pre-processing a warm evaluation skips), or a local file's path, size and
     modification time. A changed image or transform is therefore a miss, not a stale hit. Decoded

@@ -281,3 +281,40 @@ def test_the_cache_stays_consistent_when_one_thread_reads_while_another_adds_and
     assert not errors, errors[:1]
     assert cache.hits + cache.misses == rounds
     assert cache.nbytes == 64 * len(cache) <= cache.max_bytes
+
+
+def test_a_datasets_images_are_keyed_by_its_fingerprint_and_row_and_read_only_when_missing():
+    from hf_counterfactual.benchmarks import dataset_image_key
+
+    model, processor, records = get_dummy_components(num_records=12)
+    dataset = datasets.Dataset.from_list(records, features=COUNTERFACTUAL_FEATURES)
+    benchmark = counterfactual_records_benchmark(dataset)
+    reads = []
+    read = benchmark.load_stored
+    benchmark.load_stored = lambda ref: reads.append(ref) or read(ref)
+    cache = PixelCache()
+    first = evaluate_benchmark(scorer(model, processor, cache), benchmark)
+    refs = benchmark.distinct_images()
+    assert len(reads) == len(refs) and len(cache) == len(refs)  # each image read once, to pre-process it
+    reads.clear()
+    assert evaluate_benchmark(scorer(model, processor, cache), benchmark) == first
+    assert reads == [] and cache.hits == len(refs)  # found by identity: no stored image read again
+
+    # Another Dataset (another fingerprint) whose first image differs: its own pixels, not row 0's of the first.
+    changed = copy.deepcopy(records)
+    changed[0]["image"] = Image.fromarray(255 - np.asarray(records[0]["image"].convert("RGB")))
+    other = counterfactual_records_benchmark(datasets.Dataset.from_list(changed, features=COUNTERFACTUAL_FEATURES))
+
+    def embeddings(bench, pixel_cache):
+        lazy = LazyImages(bench.distinct_images(), bench.load_image, bench.load_stored, bench.image_key)
+        return scorer(model, processor, pixel_cache).encode_images(lazy)
+
+    expected = embeddings(other, None)
+    assert not torch.allclose(expected[0], embeddings(benchmark, None)[0])
+    torch.testing.assert_close(embeddings(other, cache), expected, rtol=0, atol=0)
+
+    # Where a fingerprint and row do not name the content, images are keyed by their bytes.
+    assert dataset_image_key(records) is None
+    assert dataset_image_key(dataset.with_transform(lambda batch: batch)) is None
+    assert dataset_image_key(dataset.with_format("numpy")) is None
+    assert counterfactual_records_benchmark(records).image_key is None

@@ -13,7 +13,7 @@ from .aro import (
     shuffle_trigrams,
     shuffle_within_trigrams,
 )
-from .core import LazyImages, MatchingBenchmark, MatchingExample, evaluate_benchmark, format_results, score_benchmark
+from .core import LazyImages, MatchingBenchmark, MatchingExample, dataset_image_key, evaluate_benchmark, format_results, score_benchmark
 from .counterfactual import counterfactual_records_benchmark, winoground_benchmark
 from .crepe import CREPE_NEGATIVE_TYPES, crepe_benchmark
 from .eqben import EQBEN_GROUPS, EQBEN_SOURCES, eqben_benchmark

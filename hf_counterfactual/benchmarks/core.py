@@ -51,6 +51,11 @@ class MatchingBenchmark:
     #: The image as stored (a PIL image, an undecoded ``{"bytes", "path"}`` dict or a path), for a fast
     #: image path that decodes JPEGs at a reduced scale itself; ``None``: only ``load_image``.
     load_stored: Callable[[ImageRef], Any] | None = None
+    #: An identity of the image's stored content that changes whenever the content does (a ``datasets``
+    #: fingerprint with the row and field: :func:`dataset_image_key`), by which a scorer's pixel cache
+    #: finds it without reading and digesting the stored bytes; ``None`` (or a ``None`` identity):
+    #: keyed by the stored bytes.
+    image_key: Callable[[ImageRef], Hashable | None] | None = None
     _plan: _Plan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -111,11 +116,29 @@ class _Plan:
         return cls(examples, image_refs, texts, groups, subsets if any(subsets) else None)
 
 
+def dataset_image_key(rows) -> Callable[[ImageRef], Hashable] | None:
+    """:attr:`MatchingBenchmark.image_key` for a benchmark whose image references index ``rows``: the
+    Dataset's fingerprint with the reference, or ``None`` where that does not identify the content
+    (not a ``datasets.Dataset``, or one with a format or transform, which may change what a row holds).
+
+    A Dataset is immutable and every transform gives it a new fingerprint, so the pair names the
+    stored image; a repeated evaluation finds its pixels without reading a 150 KB JPEG to digest it."""
+    import datasets
+
+    fingerprint = getattr(rows, "_fingerprint", None)
+    if not isinstance(rows, datasets.Dataset) or fingerprint is None or rows.format.get("type") is not None:
+        return None
+    return lambda ref: ("datasets.Dataset", fingerprint, ref)
+
+
 class LazyImages(Sequence):
     """Images loaded on access, so that a scorer's batching loads one batch at a time."""
 
-    def __init__(self, refs: Sequence[ImageRef], load_image: Callable[[ImageRef], Image.Image], load_stored: Callable[[ImageRef], Any] | None = None):
-        self.refs, self.load_image, self.load_stored = refs, load_image, load_stored
+    def __init__(
+        self, refs: Sequence[ImageRef], load_image: Callable[[ImageRef], Image.Image], load_stored: Callable[[ImageRef], Any] | None = None,
+        image_key: Callable[[ImageRef], Hashable | None] | None = None,
+    ):  # fmt: skip
+        self.refs, self.load_image, self.load_stored, self.image_key = refs, load_image, load_stored, image_key
 
     def stored(self, index: int) -> Any:
         """Image ``index`` as stored (:attr:`MatchingBenchmark.load_stored`), or decoded when there is no such loader."""
@@ -185,7 +208,7 @@ def _checked_grid(example: MatchingExample, grid) -> np.ndarray:
 def _embedding_scores_by_shape(scorer, benchmark: MatchingBenchmark, plan: _Plan) -> list[np.ndarray]:
     """Each distinct image and text encoded once, then the grids of each shape gathered from the
     embeddings with the plan's index arrays."""
-    image_embeds = scorer.encode_images(LazyImages(plan.image_refs, benchmark.load_image, benchmark.load_stored))
+    image_embeds = scorer.encode_images(LazyImages(plan.image_refs, benchmark.load_image, benchmark.load_stored, benchmark.image_key))
     text_embeds = scorer.encode_texts(plan.texts)
     out = []
     for _, rows, cols, _ in plan.groups:

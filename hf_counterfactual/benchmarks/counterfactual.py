@@ -9,7 +9,7 @@ from typing import Any
 
 from ..collator import load_image
 from ..features import COUNTERFACTUAL_FEATURES, InvalidRecordError, defer_image_decoding
-from .core import MatchingBenchmark, MatchingExample
+from .core import MatchingBenchmark, MatchingExample, dataset_image_key
 
 _DIAGONAL = ((True, False), (False, True))
 _BLOCK_ROWS = 32  # rows a Dataset is read by at a time: one slice of 32 costs about what 4 single-row reads do
@@ -104,7 +104,7 @@ def counterfactual_records_benchmark(records: Sequence[Mapping[str, Any]], name:
         record = read_row(row)
         return record["image"] if j is None else record["counterfactuals"][j]["image"]
 
-    return MatchingBenchmark(name=name, examples=examples, load_image=load, load_stored=stored)
+    return MatchingBenchmark(name=name, examples=examples, load_image=load, load_stored=stored, image_key=dataset_image_key(records))
 
 
 WINOGROUND_IMAGE_COLUMNS = ("image_0", "image_1")
@@ -167,4 +167,4 @@ def winoground_benchmark(rows: Sequence[Mapping[str, Any]], name: str = "winogro
         row, k = ref
         return rows[row][f"image_{k}"]
 
-    return MatchingBenchmark(name=name, examples=examples, load_image=load, load_stored=stored)
+    return MatchingBenchmark(name=name, examples=examples, load_image=load, load_stored=stored, image_key=dataset_image_key(rows))
