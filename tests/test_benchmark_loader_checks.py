@@ -68,6 +68,8 @@ def test_winoground_dataset_gives_the_images_datasets_decodes():
     for ref in from_rows.distinct_images():
         assert np.array_equal(np.asarray(from_dataset.load_image(ref)), np.asarray(from_rows.load_image(ref)))
     assert isinstance(dataset[0]["image_0"], Image.Image)  # the caller's dataset is left as it was
+    refs = from_dataset.distinct_images()  # the Dataset's images have an identity for the pixel cache, one each; the list's do not
+    assert from_rows.image_key is None and len({from_dataset.image_key(ref) for ref in refs}) == len(refs)
 
 
 def test_counterfactual_records_dataset_with_a_corrupt_image_names_record_and_field():

@@ -122,7 +122,8 @@ def dataset_image_key(rows) -> Callable[[ImageRef], Hashable] | None:
     (not a ``datasets.Dataset``, or one with a format or transform, which may change what a row holds).
 
     A Dataset is immutable and every transform gives it a new fingerprint, so the pair names the
-    stored image; a repeated evaluation finds its pixels without reading a 150 KB JPEG to digest it."""
+    stored image; a repeated evaluation finds its pixels without reading each stored image to digest
+    it (39 us for an 89 KB JPEG, against 0.1 us)."""
     import datasets
 
     fingerprint = getattr(rows, "_fingerprint", None)
